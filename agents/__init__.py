@@ -1,0 +1,1 @@
+"""Stable-baselines3 agents of amc-pruner (installed as ``amc.agents``)."""

@@ -1,0 +1,177 @@
+"""The ``amc`` command: the composition root that wires models, data and the search together."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from amc.data import DATASETS, DatasetError, load_dataset
+from amc.models import MODELS, CheckpointError, ModelError, create_model, read_manifest, shipped_checkpoint
+from amc.train import TrainConfig, evaluate, set_threads, train
+
+log = logging.getLogger("amc")
+
+
+def _add_model_args(p: argparse.ArgumentParser, checkpoint_default: str | None) -> None:
+    p.add_argument(
+        "--model",
+        default="resnet20",
+        help=f"architecture: {', '.join(MODELS)}, or package.module:function for your own "
+        "model (imports your code) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="width multiplier (default: the checkpoint manifest's, else 1.0)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=checkpoint_default,
+        help="state-dict file to load, 'shipped' for the packaged checkpoint, or 'none' "
+        "(default: %(default)s)",
+    )
+
+
+def _add_data_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--dataset",
+        default=default,
+        choices=list(DATASETS),
+        help="dataset kind (default: %(default)s; 'sample' is the bundled CIFAR-10 sample)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="its files: a CIFAR python-release folder, an image folder or .tar.gz archive "
+        "with train/<class>/* and test/<class>/*, or an MNIST idx folder",
+    )
+    p.add_argument("--download", action="store_true", help="download the official CIFAR archive if missing")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the search hold-out (default: 0)")
+    p.add_argument(
+        "--search-size",
+        type=int,
+        default=5000,
+        help="training images held out as the search split (default: 5000)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all cores (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``amc`` and its sub-commands."""
+    parser = argparse.ArgumentParser(prog="amc", description="AutoML channel pruning (AMC) for CNNs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy of a model on a dataset split",
+        description="Evaluate top-1/top-5 accuracy and loss of a model on one split.",
+    )
+    _add_model_args(p, "shipped")
+    _add_data_args(p, "sample")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "search", "test"],
+        help="split to evaluate (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model from scratch (or fine-tune a checkpoint)",
+        description="Train with SGD; writes last.pt every epoch, then model.pt and model.json.",
+    )
+    _add_model_args(p, "none")
+    _add_data_args(p, "folder")
+    p.add_argument("--out", required=True, help="output folder (refused if it holds a run, unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    defaults = TrainConfig()
+    helps = {
+        "epochs": "training epochs",
+        "batch_size": "images per step",
+        "lr": "peak learning rate",
+        "momentum": "SGD momentum",
+        "weight_decay": "L2 weight decay",
+        "schedule": "learning-rate schedule: cosine or onecycle",
+        "warmup_epochs": "cosine warm-up epochs",
+        "label_smoothing": "label smoothing of the cross-entropy",
+        "amp": "none, or bf16 autocast",
+        "seed": "seed of data order and augmentation",
+    }
+    for f in fields(TrainConfig):
+        if f.name in helps:
+            p.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                type=type(getattr(defaults, f.name)),
+                default=getattr(defaults, f.name),
+                help=f"{helps[f.name]} (default: %(default)s)",
+            )
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def _model_and_data(args: argparse.Namespace):
+    set_threads(args.threads)
+    checkpoint = None if args.checkpoint in (None, "none") else args.checkpoint
+    if checkpoint == "shipped":
+        checkpoint = shipped_checkpoint(args.model)
+    manifest = read_manifest(checkpoint) if checkpoint else {}
+    dataset = load_dataset(
+        args.dataset, args.data, manifest.get("split_seed", args.split_seed), args.search_size, args.download
+    )
+    width = args.width if args.width is not None else manifest.get("width", 1.0)
+    model = create_model(args.model, dataset.num_classes, width, checkpoint, dataset.in_channels)
+    return model.to(args.device), dataset, width
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``amc evaluate``: print accuracy and loss on one split."""
+    model, dataset, _ = _model_and_data(args)
+    metrics = evaluate(model, dataset, args.split, device=args.device)
+    n = len(dataset.split(args.split))
+    print(
+        f"{args.model} on {dataset.name}/{args.split} ({n} images): top-1 {metrics['top1']:.2f} %  "
+        f"top-5 {metrics['top5']:.2f} %  loss {metrics['loss']:.4f}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``amc train``: train a model and write its checkpoint and manifest."""
+    model, dataset, width = _model_and_data(args)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args})
+    manifest = {
+        "model": args.model,
+        "width": width,
+        "num_classes": dataset.num_classes,
+        "in_channels": dataset.in_channels,
+    }
+    result = train(model, dataset, config, args.out, args.device, args.resume, manifest)
+    top1, top5 = result["test_top1"], result["test_top5"]
+    print(f"test top-1 {top1:.2f} %  top-5 {top5:.2f} %  -> {Path(args.out) / 'model.pt'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``amc`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except (DatasetError, ModelError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"amc: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

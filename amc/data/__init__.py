@@ -1,0 +1,120 @@
+"""Datasets: CIFAR-10/100, image folders, MNIST idx files and the bundled CIFAR-10 sample.
+
+:func:`load_dataset` is the one entry point; every dataset comes with ``train`` (when it has
+training images), a seeded ``search`` hold-out of the training images, and ``test``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from amc.data.base import (
+    SPLITS,
+    Dataset,
+    DatasetError,
+    ImageArrays,
+    channel_stats,
+    iterate_batches,
+    split_train_search,
+)
+from amc.data.cifar import download_cifar, read_cifar
+from amc.data.folder import load_image_folder_cached
+from amc.data.mnist import read_mnist
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "Dataset",
+    "DatasetError",
+    "ImageArrays",
+    "iterate_batches",
+    "load_dataset",
+    "sample_path",
+]
+
+SAMPLE_ARCHIVE = "cifar10_sample.tar.gz"
+
+
+def sample_path() -> Path:
+    """Path of the bundled CIFAR-10 sample archive (search + test images)."""
+    return Path(str(resources.files("amc.data") / "sample" / SAMPLE_ARCHIVE))
+
+
+def _load_sample(data: Path | None, download: bool) -> tuple[list[str], dict[str, ImageArrays], dict]:
+    archive = sample_path()
+    meta = json.loads(archive.with_suffix("").with_suffix(".json").read_text())
+    classes, splits = load_image_folder_cached(archive)
+    return classes, splits, meta
+
+
+def _require(data: Path | None, name: str) -> Path:
+    if data is None:
+        raise DatasetError(f"dataset '{name}' needs --data <path> (the folder holding its files)")
+    return Path(data)
+
+
+def _load_cifar(name: str) -> Callable[..., tuple[list[str], dict[str, ImageArrays], dict]]:
+    def load(data: Path | None, download: bool):
+        root = Path(data) if data is not None else Path.home() / ".cache" / "amc" / "datasets"
+        if download:
+            download_cifar(root, name)
+        classes, splits = read_cifar(root, name)
+        return classes, splits, {}
+
+    return load
+
+
+def _load_folder(data: Path | None, download: bool):
+    classes, splits = load_image_folder_cached(_require(data, "folder"))
+    return classes, splits, {}
+
+
+def _load_mnist(data: Path | None, download: bool):
+    classes, splits = read_mnist(_require(data, "mnist"))
+    return classes, splits, {}
+
+
+DATASETS: dict[str, Callable[..., tuple[list[str], dict[str, ImageArrays], dict]]] = {
+    "sample": _load_sample,
+    "cifar10": _load_cifar("cifar10"),
+    "cifar100": _load_cifar("cifar100"),
+    "folder": _load_folder,
+    "mnist": _load_mnist,
+}
+
+
+def load_dataset(
+    name: str = "sample",
+    data: str | Path | None = None,
+    split_seed: int = 0,
+    search_size: int = 5000,
+    download: bool = False,
+) -> Dataset:
+    """Load a dataset by name and split it into ``train``, ``search`` and ``test``.
+
+    Args:
+        name: One of :data:`DATASETS` (``sample``, ``cifar10``, ``cifar100``, ``folder``, ``mnist``).
+        data: Where its files are (folder or archive); not needed for ``sample``.
+        split_seed: Seed of the search hold-out (keep it equal to the checkpoint's manifest).
+        search_size: Number of training images held out for the search.
+        download: Fetch the official CIFAR archive when it is not in ``data`` (needs a network).
+
+    Returns:
+        The dataset with its splits and normalisation statistics.
+    """
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset '{name}'; known datasets: {', '.join(DATASETS)}")
+    classes, splits, meta = DATASETS[name](Path(data) if data is not None else None, download)
+    if "train" in splits and "search" not in splits:
+        splits.update(split_train_search(splits["train"], search_size, split_seed))
+        mean, std = channel_stats(splits["train"].images)
+    else:
+        mean, std = meta.get("mean"), meta.get("std")
+        if mean is None:
+            mean, std = channel_stats(next(iter(splits.values())).images)
+        split_seed = meta.get("split_seed", split_seed)
+    ordered = {s: splits[s] for s in SPLITS if s in splits}
+    return Dataset(name, classes, ordered, tuple(mean), tuple(std), split_seed, str(data or ""), meta)

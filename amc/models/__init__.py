@@ -1,0 +1,156 @@
+"""Model zoo: a registry of CIFAR architectures, user models by import path, checkpoints.
+
+>>> model = create_model("resnet20", num_classes=10)
+>>> model = create_model("resnet20", checkpoint="shipped")   # the trained checkpoint in the package
+>>> model = create_model("mypkg.nets:build", num_classes=10)  # imports and calls the user's code
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from functools import partial
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from amc.models.mobilenet import MobileNetV1, MobileNetV2
+from amc.models.resnet import CifarResNet
+from amc.models.vgg import CifarVGG
+
+__all__ = [
+    "MODELS",
+    "CheckpointError",
+    "ModelError",
+    "create_model",
+    "load_checkpoint",
+    "read_manifest",
+    "shipped_checkpoint",
+]
+
+
+class ModelError(ValueError):
+    """An unknown model name or a user model that cannot be imported or built."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": partial(CifarResNet, 20),
+    "resnet32": partial(CifarResNet, 32),
+    "resnet56": partial(CifarResNet, 56),
+    "resnet110": partial(CifarResNet, 110),
+    "plain20": partial(CifarResNet, 20, residual=False),
+    "vgg16": CifarVGG,
+    "mobilenet_v1": MobileNetV1,
+    "mobilenet_v2": MobileNetV2,
+}
+
+
+def _import_factory(spec: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"cannot import '{module_name}' for model '{spec}': {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"'{spec}': module '{module_name}' has no callable '{attr}'")
+    return factory
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """Path of the checkpoint shipped in the package for model ``name``."""
+    path = Path(str(resources.files("amc.models") / "checkpoints" / f"{name}.pt"))
+    if not path.is_file():
+        shipped = sorted(p.stem for p in path.parent.glob("*.pt"))
+        raise CheckpointError(f"no shipped checkpoint for '{name}'; shipped: {', '.join(shipped) or 'none'}")
+    return path
+
+
+def read_manifest(checkpoint: str | Path) -> dict:
+    """The JSON manifest beside a checkpoint (``x.pt`` -> ``x.json``), or ``{}`` if there is none."""
+    path = Path(checkpoint).with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str | Path, strict: bool = True) -> nn.Module:
+    """Load a state dict (or a training checkpoint holding one under ``model``) into ``model``.
+
+    Raises:
+        CheckpointError: The file is missing or unreadable, or a tensor does not fit; the
+            message names the first mismatched tensor.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            if strict:
+                raise CheckpointError(
+                    f"checkpoint {path} does not fit the model: tensor '{key}' "
+                    f"{tuple(tensor.shape)} is missing from the checkpoint"
+                )
+        elif state[key].shape != tensor.shape:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the model: tensor '{key}' has shape "
+                f"{tuple(state[key].shape)} in the checkpoint, {tuple(tensor.shape)} "
+                "in the model (wrong model, width or number of classes?)"
+            )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected and strict:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model: unexpected tensor '{unexpected[0]}'"
+        )
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    width: float = 1.0,
+    checkpoint: str | Path | None = None,
+    in_channels: int = 3,
+) -> nn.Module:
+    """Build a model by registry name or ``package.module:function`` import path.
+
+    Args:
+        name: A key of :data:`MODELS`, or ``package.module:function``. The latter imports the
+            user's module (running its code) and calls ``function(num_classes=..., width=...)``.
+        num_classes: Classifier outputs.
+        width: Width multiplier.
+        checkpoint: A state-dict file to load, or ``"shipped"`` for the packaged checkpoint.
+        in_channels: Image channels.
+
+    Returns:
+        The model in eval mode.
+    """
+    if ":" in name:
+        model = _import_factory(name)(num_classes=num_classes, width=width)
+    elif name in MODELS:
+        model = MODELS[name](num_classes=num_classes, width=width, in_channels=in_channels)
+    else:
+        raise ModelError(
+            f"unknown model '{name}'; known models: {', '.join(MODELS)} "
+            "(or package.module:function for your own)"
+        )
+    if checkpoint == "shipped":
+        checkpoint = shipped_checkpoint(name)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()

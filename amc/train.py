@@ -1,0 +1,306 @@
+"""Training, fine-tuning and evaluation loops, and BatchNorm recalibration.
+
+One straight-line loop: SGD with (Nesterov) momentum, a cosine or one-cycle learning-rate
+schedule stepped per batch, optional label smoothing and bf16 autocast. Every epoch writes
+``last.pt`` atomically, so ``resume=True`` continues an interrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from amc.data import Dataset, iterate_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training or fine-tuning run.
+
+    Attributes:
+        epochs: Passes over the training split.
+        batch_size: Images per step.
+        lr: Peak learning rate.
+        momentum: SGD momentum.
+        nesterov: Use Nesterov momentum.
+        weight_decay: L2 penalty on all weights.
+        schedule: ``cosine`` (linear warm-up, cosine decay) or ``onecycle``.
+        warmup_epochs: Warm-up length of the cosine schedule.
+        label_smoothing: Cross-entropy label smoothing.
+        amp: ``bf16`` to train under bfloat16 autocast (fast on CPUs with AVX512-BF16), or ``none``.
+        seed: Seed of initialisation-independent randomness (order, augmentation).
+        threads: CPU threads; 0 uses every core.
+        progress: Show a progress bar.
+    """
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    amp: str = "none"
+    seed: int = 0
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "onecycle"):
+            raise ValueError(f"unknown schedule '{self.schedule}'; use cosine or onecycle")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"unknown amp '{self.amp}'; use none or bf16")
+
+
+def learning_rate(step: int, total: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Learning rate at optimisation ``step`` of ``total``."""
+    if config.schedule == "onecycle":
+        peak = max(1, int(0.3 * total))
+        if step < peak:
+            return config.lr * (0.04 + 0.96 * step / peak)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * (step - peak) / max(1, total - peak)))
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def set_threads(threads: int = 0) -> None:
+    """Use ``threads`` CPU threads for intra-op parallelism (0 = every core)."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    split: str = "test",
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    limit: int | None = None,
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (in %) and mean cross-entropy of ``model`` on a split."""
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, count = 0.0, 0
+    for x, y in iterate_batches(dataset.split(split), dataset, batch_size, limit=limit):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        count += len(y)
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count}
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    dataset: Dataset,
+    split: str = "train",
+    num_batches: int = 20,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on a few batches of ``split``.
+
+    After pruning, the statistics of the remaining channels' inputs change; recomputing them
+    (cumulative average over ``num_batches`` batches, no gradient step) restores much of the
+    lost accuracy for free. The model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    data = dataset.split(split)
+    for x, _ in iterate_batches(data, dataset, batch_size, True, False, gen, num_batches * batch_size):
+        model(x.to(device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    dataset: Dataset,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One pass over the training split; returns mean loss and accuracy (%)."""
+    model.train()
+    data = dataset.split("train")
+    steps = math.ceil(len(data) / config.batch_size)
+    total = steps * config.epochs
+    batches = iterate_batches(data, dataset, config.batch_size, True, True, generator)
+    bar = tqdm(
+        batches,
+        total=steps,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not config.progress,
+        leave=False,
+    )
+    loss_sum = correct = seen = 0.0
+    for i, (x, y) in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(epoch * steps + i, total, config, steps)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp == "bf16"):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    return {"loss": loss_sum / seen, "acc": 100.0 * correct / seen}
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    manifest: dict | None = None,
+) -> dict:
+    """Train ``model`` on ``dataset``'s train split and write the result to ``out_dir``.
+
+    ``out_dir`` receives ``last.pt`` (the resumable state, every epoch), ``history.json``, and
+    at the end ``model.pt`` (the state dict) with ``model.json`` (the manifest: ``manifest``
+    plus the training settings, test accuracy, command line and library versions).
+
+    Args:
+        model: The network (moved to ``device``).
+        dataset: Dataset with a ``train`` and a ``test`` split.
+        config: Hyper-parameters.
+        out_dir: Output folder; refuses to overwrite an earlier run unless ``resume``.
+        device: Torch device.
+        resume: Continue from ``out_dir/last.pt``.
+        manifest: Extra fields for the manifest (model name, width, ...).
+
+    Returns:
+        The manifest written to ``model.json``.
+    """
+    out = Path(out_dir)
+    state_file = out / "last.pt"
+    if state_file.exists() and not resume:
+        raise FileExistsError(
+            f"{out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+    if resume and not state_file.exists():
+        raise FileNotFoundError(f"nothing to resume: {state_file} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(config.threads)
+    device = torch.device(device)
+    model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    start, history = 0, []
+    if resume:
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, history = state["epoch"], state["history"]
+        log.info("resuming %s at epoch %d", out, start + 1)
+    t0 = time.time()
+    for epoch in range(start, config.epochs):
+        stats = train_one_epoch(model, dataset, optimizer, config, epoch, device, generator)
+        stats.update(
+            epoch=epoch + 1, test_top1=evaluate(model, dataset, "test", device=device, limit=2000)["top1"]
+        )
+        history.append(stats)
+        log.info(
+            "epoch %d/%d loss %.3f train %.2f%% test(2k) %.2f%%",
+            epoch + 1,
+            config.epochs,
+            stats["loss"],
+            stats["acc"],
+            stats["test_top1"],
+        )
+        _save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "epoch": epoch + 1,
+                "history": history,
+            },
+            state_file,
+        )
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    model.to(memory_format=torch.contiguous_format).eval()
+    test = evaluate(model, dataset, "test", device=device)
+    result = {
+        **(manifest or {}),
+        "dataset": dataset.name,
+        "dataset_source": dataset.source,
+        "split_seed": dataset.split_seed,
+        "search_size": len(dataset.splits.get("search", [])),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "train": asdict(config),
+        "test_top1": round(test["top1"], 2),
+        "test_top5": round(test["top5"], 2),
+        "test_loss": round(test["loss"], 4),
+        "train_seconds_this_session": round(time.time() - t0),
+        "command": " ".join(sys.argv),
+        "versions": versions(),
+    }
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.pt")
+    (out / "model.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries a checkpoint depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("amc-pruner", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out

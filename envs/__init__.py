@@ -1,0 +1,1 @@
+"""Gymnasium environments of amc-pruner (installed as ``amc.envs``)."""
