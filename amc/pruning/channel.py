@@ -1,0 +1,141 @@
+"""Structured channel pruning: cheap pseudo-pruning for the search, physical removal for export.
+
+:class:`ChannelPruner` analyses a model once (units, costs, channel importance, optional
+reconstruction statistics) and then, per episode, *pseudo-prunes* it in place: removed
+channels are silenced by zeroing their rows (see :func:`amc.pruning.units.zero_channels`)
+and kept consumers are optionally refit by least squares. :meth:`ChannelPruner.reset`
+restores the dense weights by copying a saved state (no deep copy of the module).
+:meth:`ChannelPruner.export` physically removes the same channels with torch-pruning and
+returns a smaller model whose output equals the pseudo-pruned one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from amc.pruning.cost import CostModel
+from amc.pruning.importance import channel_importance
+from amc.pruning.reconstruct import Reconstructor
+from amc.pruning.units import PruningGraph, PruningUnit, analyse, zero_channels
+
+log = logging.getLogger(__name__)
+
+
+def kept_channels(channels: int, sparsity: float, round_to: int = 1) -> int:
+    """Channels kept at ``sparsity``: rounded to a multiple of ``round_to``, at least one step.
+
+    Never zero and never more than ``channels``; a unit narrower than ``round_to`` keeps all.
+    """
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    step = min(round_to, channels)
+    kept = round(channels * (1.0 - sparsity) / step) * step
+    return int(min(channels, max(step, kept)))
+
+
+class ChannelPruner:
+    """Analyse a model once, then pseudo-prune, reset and export it many times.
+
+    Args:
+        model: The trained network (modified in place by :meth:`apply`; see :meth:`reset`).
+        input_shape: Example input shape, e.g. ``(1, 3, 32, 32)``.
+        criterion: Channel importance, ``l1`` (default) or ``l2`` norm of the unit's weights.
+        round_to: Kept channels are a multiple of this (hardware-friendly widths).
+        calibration: Images for least-squares reconstruction of consumer layers; ``None``
+            disables reconstruction.
+        positions: Sampled output positions per calibration image (reconstruction).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...] = (1, 3, 32, 32),
+        criterion: str = "l1",
+        round_to: int = 1,
+        calibration: Tensor | None = None,
+        positions: int = 10,
+    ):
+        self.model = model
+        self.round_to = round_to
+        self.criterion = criterion
+        self.graph: PruningGraph = analyse(model, input_shape)
+        self.units: list[PruningUnit] = self.graph.units
+        self.cost = CostModel(self.graph)
+        self.importance = [channel_importance(model, u, criterion) for u in self.units]
+        self.reconstructor = (
+            Reconstructor(model, self.graph, calibration, positions) if calibration is not None else None
+        )
+        self._dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @property
+    def unit_names(self) -> list[str]:
+        """Unit names in execution order."""
+        return [u.name for u in self.units]
+
+    def kept_for(self, sparsities: Sequence[float]) -> list[int]:
+        """Kept channels per unit for per-unit sparsities (in unit order)."""
+        if len(sparsities) != len(self.units):
+            raise ValueError(f"expected {len(self.units)} sparsities (one per unit), got {len(sparsities)}")
+        return [
+            kept_channels(u.channels, s, self.round_to) for u, s in zip(self.units, sparsities, strict=True)
+        ]
+
+    def removed_channels(self, kept: Sequence[int]) -> list[set[int]]:
+        """Root indices of the removed channels per unit: the least important ones."""
+        out = []
+        for u, k, imp in zip(self.units, kept, self.importance, strict=True):
+            order = torch.argsort(imp, descending=True, stable=True)
+            out.append({int(i) for i in order[k:]})
+        return out
+
+    def sparsities_by_name(self, policy: Mapping[str, float]) -> list[float]:
+        """Order a ``{unit name: sparsity}`` mapping by unit; unknown names are an error."""
+        unknown = set(policy) - set(self.unit_names)
+        if unknown:
+            raise KeyError(
+                f"unknown unit(s) {sorted(unknown)}; this model's units: {', '.join(self.unit_names)}"
+            )
+        return [float(policy.get(n, 0.0)) for n in self.unit_names]
+
+    def reset(self) -> None:
+        """Restore the dense weights and BatchNorm statistics."""
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(self._dense[k])
+
+    def apply(self, kept: Sequence[int]) -> nn.Module:
+        """Pseudo-prune the model in place to ``kept`` channels per unit (from the dense weights)."""
+        self.reset()
+        removed = self.removed_channels(kept)
+        if self.reconstructor is not None:
+            self.reconstructor.refit(self.model, self.units, removed)
+        for u, r in zip(self.units, removed, strict=True):
+            if r:
+                zero_channels(self.model, u, r)
+        return self.model
+
+    def export(self, kept: Sequence[int]) -> nn.Module:
+        """A new, physically smaller model equal in output to ``apply(kept)``; the model is reset."""
+        self.apply(kept)
+        pruned = copy.deepcopy(self.model).eval()
+        self.reset()
+        removed = self.removed_channels(kept)
+        example = torch.zeros(self.graph.input_shape, device=next(pruned.parameters()).device)
+        graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
+        modules = dict(pruned.named_modules())
+        for unit, rem in zip(self.units, removed, strict=True):
+            if not rem:
+                continue
+            root = modules[unit.name]
+            item = next(i for i in unit.items if i.module == unit.name and i.is_output)
+            idxs = sorted({i for i, r in zip(item.idxs, item.root, strict=True) if r in rem})
+            pruner = graph.get_pruner_of_module(root)
+            group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs)
+            group.prune()
+        return pruned

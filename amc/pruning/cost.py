@@ -1,0 +1,76 @@
+"""Closed-form FLOPs (MACs) and parameter counts of a network as a function of kept channels.
+
+Every layer's cost at full width is ultralytics-thop's count; pruning scales it by the
+fraction of its input and output features that remain. Dense convolutions and linear layers
+scale with both (``kept_in * kept_out``), everything else (BatchNorm, depthwise convs,
+pooling) with its channels. The result equals thop's count on the physically pruned model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from amc.pruning.units import ModuleInfo, PruningGraph
+
+
+class CostModel:
+    """Evaluate MACs and parameters for any vector of kept channels per unit, in microseconds.
+
+    Args:
+        graph: The analysed network (:func:`amc.pruning.units.analyse`).
+    """
+
+    def __init__(self, graph: PruningGraph):
+        self.graph = graph
+        self.channels = [u.channels for u in graph.units]
+        self.full = list(self.channels)
+
+    def _kept(self, total: int, attr: dict[int, int], removed: Sequence[int]) -> int:
+        return total - sum(removed[u] * count // self.channels[u] for u, count in attr.items())
+
+    def _scales(self, info: ModuleInfo, removed: Sequence[int]) -> tuple[int, int, int, int]:
+        kin = self._kept(info.c_in, info.in_attr, removed)
+        kout = self._kept(info.c_out, info.out_attr, removed)
+        return info.c_in, kin, info.c_out, kout
+
+    def module_cost(self, info: ModuleInfo, removed: Sequence[int]) -> tuple[int, int]:
+        """MACs and parameters of one layer when ``removed[u]`` channels of unit ``u`` are gone."""
+        cin, kin, cout, kout = self._scales(info, removed)
+        if info.mixing:
+            macs = info.macs // (cin * cout) * kin * kout
+            params = sum(
+                n // (cin * cout) * kin * kout if k == "weight" else n // cout * kout
+                for k, n in info.params.items()
+            )
+        else:
+            macs = info.macs * kout // cout
+            params = sum(n * kout // cout for n in info.params.values())
+        return macs, params
+
+    def cost(self, kept: Sequence[int] | None = None) -> tuple[int, int]:
+        """Total MACs and parameters with ``kept[u]`` channels in unit ``u`` (``None``: full width)."""
+        kept = self.full if kept is None else kept
+        removed = [n - k for n, k in zip(self.channels, kept, strict=True)]
+        macs = params = 0
+        for info in self.graph.modules.values():
+            m, p = self.module_cost(info, removed)
+            macs += m
+            params += p
+        return macs, params
+
+    def macs(self, kept: Sequence[int] | None = None) -> int:
+        """Total MACs."""
+        return self.cost(kept)[0]
+
+    def params(self, kept: Sequence[int] | None = None) -> int:
+        """Total parameters."""
+        return self.cost(kept)[1]
+
+    def annotate_units(self) -> None:
+        """Set each unit's ``flops``/``params``: the cost that disappears when it is fully removed."""
+        total_macs, total_params = self.cost()
+        for u in self.graph.units:
+            kept = list(self.full)
+            kept[u.index] = 0
+            macs, params = self.cost(kept)
+            u.flops, u.params = total_macs - macs, total_params - params

@@ -1,0 +1,380 @@
+"""Pruning units: the channel groups of a network, found with torch-pruning's dependency graph.
+
+A *unit* is a set of channels that must be pruned together: the output channels of a
+convolution with its BatchNorm, every layer tied to it by residual additions, the depthwise
+convolutions that carry the channels along, and the input channels of every consumer
+(including a linear head after flattening, or the slice of a concatenation). Units are
+listed in forward-execution order; the network's input channels and the classifier's
+outputs are never part of one.
+
+Besides the units, :func:`analyse` runs a *zero-propagation probe* once: on a randomised
+copy of the network it silences each unit in turn and records, for every leaf module, how
+many of its input and output channels went silent. That attribution turns FLOPs and
+parameter counts into closed-form functions of each unit's kept channels (see
+:mod:`amc.pruning.cost`), exact even across concatenations and flattening.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+SUPPORTED_PARAM_TYPES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+class UnsupportedModuleError(TypeError):
+    """A module on a channel path that we cannot prune; the message names it and its type."""
+
+
+@dataclass
+class UnitItem:
+    """One layer's share of a unit: which of its channels (``idxs``) map to unit channels (``root``)."""
+
+    module: str
+    is_output: bool
+    idxs: list[int]
+    root: list[int]
+
+
+@dataclass
+class PruningUnit:
+    """A group of coupled channels, pruned as one, with the features of its state embedding.
+
+    Attributes:
+        index: Position in execution order.
+        name: Stable name: the qualified name of its first layer in execution order.
+        channels: Number of channels (n).
+        kind: ``conv``, ``depthwise`` (carries depthwise convs), ``residual`` (several
+            producers tied by additions) or ``linear``.
+        in_channels: Input channels of the first layer (c).
+        in_hw: Input feature-map height and width of the first layer.
+        stride: Stride of the first layer.
+        kernel: Kernel size of the first layer.
+        flops: MACs that scale with this unit's width (the network at full width).
+        params: Parameters that scale with this unit's width.
+        producers: Layers whose output channels the unit removes.
+        consumers: Layers whose input channels the unit removes.
+        items: The channel index maps of every layer in the unit.
+    """
+
+    index: int
+    name: str
+    channels: int
+    kind: str
+    in_channels: int
+    in_hw: tuple[int, int]
+    stride: int
+    kernel: int
+    flops: int = 0
+    params: int = 0
+    producers: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    items: list[UnitItem] = field(default_factory=list)
+
+
+@dataclass
+class ModuleInfo:
+    """A leaf module's cost at full width and which units its channels belong to.
+
+    ``in_attr``/``out_attr`` map a unit index to the number of this module's input/output
+    features that belong to the unit (``channels`` times the spatial size after flattening).
+    """
+
+    name: str
+    type: str
+    macs: int
+    params: dict[str, int]
+    mixing: bool
+    c_in: int
+    c_out: int
+    in_attr: dict[int, int] = field(default_factory=dict)
+    out_attr: dict[int, int] = field(default_factory=dict)
+    in_hw: tuple[int, int] = (1, 1)
+
+
+@dataclass
+class PruningGraph:
+    """The result of :func:`analyse`: units in execution order and per-module cost data."""
+
+    units: list[PruningUnit]
+    modules: dict[str, ModuleInfo]
+    input_shape: tuple[int, ...]
+    output_layers: list[str]
+
+    def unit(self, name: str) -> PruningUnit:
+        """Look a unit up by name; the error lists the valid names."""
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise KeyError(f"no pruning unit '{name}'; units: {', '.join(u.name for u in self.units)}")
+
+
+def _is_mixing(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModuleError` for a layer with weights we cannot prune."""
+    for name, m in model.named_modules():
+        own = list(m.parameters(recurse=False))
+        if not own:
+            continue
+        if isinstance(m, nn.Conv2d) and 1 < m.groups and not _is_depthwise(m):
+            raise UnsupportedModuleError(
+                f"layer '{name}' ({type(m).__name__}, groups={m.groups}) is a "
+                "grouped convolution; only dense and depthwise convs are supported"
+            )
+        if not isinstance(m, SUPPORTED_PARAM_TYPES):
+            raise UnsupportedModuleError(
+                f"layer '{name}' of type {type(m).__name__} has weights but no "
+                "channel-pruning rule; supported: Conv2d, Linear, BatchNorm"
+            )
+
+
+def _leaf_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if next(m.children(), None) is None}
+
+
+def _trace(model: nn.Module, x: Tensor) -> dict[str, tuple[tuple, tuple]]:
+    """One forward pass: leaf modules in execution order with their input and output shapes."""
+    shapes: dict[str, tuple[tuple, tuple]] = {}
+
+    def hook(name: str):
+        def record(mod: nn.Module, inp: tuple, out: Tensor) -> None:
+            if name not in shapes and isinstance(out, Tensor) and inp and isinstance(inp[0], Tensor):
+                shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in _leaf_modules(model).items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _group_items(group, graph: tp.DependencyGraph, names: dict[nn.Module, str]) -> list[UnitItem]:
+    items = []
+    for it in group:
+        mod = it.dep.target.module
+        if isinstance(mod, nn.Module) and mod in names and list(mod.parameters(recurse=False)):
+            is_out = graph.is_out_channel_pruning_fn(it.dep.handler)
+            items.append(
+                UnitItem(names[mod], is_out, [int(i) for i in it.idxs], [int(i) for i in it.root_idxs])
+            )
+    return items
+
+
+def _make_unit(items: list[UnitItem], modules: dict[str, nn.Module], order: list[str], shapes: dict):
+    producers = sorted({i.module for i in items if i.is_output and i.module in shapes}, key=order.index)
+    layers = [p for p in producers if isinstance(modules[p], (nn.Conv2d, nn.Linear))]
+    if not layers:
+        return None
+    first = modules[layers[0]]
+    dense = [p for p in layers if _is_mixing(modules[p])]
+    if any(_is_depthwise(modules[p]) for p in layers):
+        kind = "depthwise"
+    elif len(dense) > 1:
+        kind = "residual"
+    else:
+        kind = "linear" if isinstance(first, nn.Linear) else "conv"
+    in_shape = shapes[layers[0]][0]
+    conv = isinstance(first, nn.Conv2d)
+    root = next(i for i in items if i.module == layers[0] and i.is_output)
+    return PruningUnit(
+        index=-1,
+        name=layers[0],
+        channels=len(set(root.root)),
+        kind=kind,
+        in_channels=in_shape[1],
+        in_hw=(in_shape[2], in_shape[3]) if len(in_shape) == 4 else (1, 1),
+        stride=first.stride[0] if conv else 1,
+        kernel=first.kernel_size[0] if conv else 1,
+        producers=producers,
+        consumers=sorted(
+            {i.module for i in items if not i.is_output}, key=lambda n: order.index(n) if n in order else 0
+        ),
+        items=items,
+    )
+
+
+def find_units(model: nn.Module, x: Tensor, shapes: dict) -> list[PruningUnit]:
+    """Channel groups of ``model`` in execution order (classifier outputs excluded)."""
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    order = list(shapes)
+    heads = [n for n in reversed(order) if isinstance(modules[n], (nn.Conv2d, nn.Linear))][:1]
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    groups = graph.get_all_groups(
+        ignored_layers=[modules[h] for h in heads], root_module_types=(nn.Conv2d, nn.Linear)
+    )
+    units = [u for g in groups if (u := _make_unit(_group_items(g, graph, names), modules, order, shapes))]
+    units.sort(key=lambda u: order.index(u.name))
+    for i, u in enumerate(units):
+        u.index = i
+    return units
+
+
+def zero_channels(model: nn.Module, unit: PruningUnit, removed: set[int]) -> None:
+    """Silence unit channels (root indices ``removed``): zero their rows in every producer.
+
+    A producer's weight rows, bias and BatchNorm affine parameters become zero, so each
+    removed channel carries exactly zero wherever it flows, as if it were not there.
+    """
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for item in unit.items:
+            if not item.is_output:
+                continue
+            rows = [i for i, r in zip(item.idxs, item.root, strict=True) if r in removed]
+            if not rows:
+                continue
+            m = modules[item.module]
+            for p in (m.weight, getattr(m, "bias", None)):
+                if p is not None:
+                    p[rows] = 0
+
+
+def _channel_activity(t: Tensor) -> Tensor:
+    """Which channels (dim 1) of ``t`` carry any nonzero value."""
+    return t.detach().transpose(0, 1).reshape(t.shape[1], -1).abs().amax(1) > 0
+
+
+def _positivise(model: nn.Module, seed: int = 0) -> None:
+    """Strictly positive weights (scaled by 1/fan-in), biases of +1 (added where missing), unit BatchNorms.
+
+    With positive inputs every activation is then positive, so a channel is exactly zero only
+    when it belongs to the silenced unit: no ReLU can silence a channel by chance.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_((0.5 + torch.rand(m.weight.shape, generator=gen)) / fan_in)
+                m.bias = nn.Parameter(torch.ones(m.weight.shape[0], device=m.weight.device))
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                if m.affine:
+                    m.weight.fill_(1.0)
+                    m.bias.fill_(1.0)
+
+
+def probe_attribution(model: nn.Module, units: list[PruningUnit], x: Tensor) -> dict[str, tuple[dict, dict]]:
+    """For every leaf module: unit index -> number of its input and output features in that unit."""
+    probe = copy.deepcopy(model).eval()
+    _positivise(probe)
+    leaves = _leaf_modules(probe)
+    active: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def hook(name: str):
+        def record(mod: nn.Module, inp: tuple, out: Tensor) -> None:
+            if isinstance(out, Tensor) and inp and isinstance(inp[0], Tensor) and out.dim() >= 2:
+                active.setdefault(name, (_channel_activity(inp[0]), _channel_activity(out)))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves.items()]
+    state = {k: v.clone() for k, v in probe.state_dict().items()}
+    result: dict[str, tuple[dict, dict]] = {}
+    try:
+        with torch.no_grad():
+            probe(x)
+            base = dict(active)
+            for u in units:
+                active.clear()
+                zero_channels(probe, u, set(range(u.channels)))
+                probe(x)
+                for name, (ain, aout) in active.items():
+                    bin_, bout = base[name]
+                    silent_in = int((bin_ & ~ain).sum()) if ain.shape == bin_.shape else 0
+                    silent_out = int((bout & ~aout).sum()) if aout.shape == bout.shape else 0
+                    entry = result.setdefault(name, ({}, {}))
+                    if silent_in:
+                        entry[0][u.index] = silent_in
+                    if silent_out:
+                        entry[1][u.index] = silent_out
+                probe.load_state_dict(state)
+    finally:
+        for h in handles:
+            h.remove()
+    return result
+
+
+def _thop_macs(model: nn.Module, x: Tensor) -> dict[str, int]:
+    """Per-leaf-module MACs as ultralytics-thop counts them (on a copy of the model)."""
+    from thop import profile
+
+    _, _, tree = profile(copy.deepcopy(model), inputs=(x,), verbose=False, ret_layer_info=True)
+    out: dict[str, int] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for name, (ops, _, children) in node.items():
+            full = f"{prefix}{name}"
+            if children:
+                walk(children, full + ".")
+            else:
+                out[full] = int(ops)
+
+    walk(tree, "")
+    return out
+
+
+def analyse(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> PruningGraph:
+    """Find the pruning units of ``model`` and the data its cost model needs.
+
+    Args:
+        model: Any CNN built from Conv2d (dense or depthwise), Linear, BatchNorm and
+            parameter-free layers; residual additions and concatenations are handled.
+        input_shape: Shape of one example input batch.
+
+    Raises:
+        UnsupportedModuleError: A layer with weights that cannot be channel-pruned.
+    """
+    check_supported(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.rand(input_shape, generator=torch.Generator().manual_seed(0)).to(device) + 0.1
+    shapes = _trace(model, x)
+    units = find_units(model, x, shapes)
+    attribution = probe_attribution(model, units, torch.cat([x] * max(1, 4 // input_shape[0])))
+    macs = _thop_macs(model, x)
+    leaves = _leaf_modules(model)
+    infos = {}
+    for name, (in_shape, out_shape) in shapes.items():
+        m = leaves[name]
+        params = {k: p.numel() for k, p in m.named_parameters(recurse=False)}
+        in_attr, out_attr = attribution.get(name, ({}, {}))
+        infos[name] = ModuleInfo(
+            name,
+            type(m).__name__,
+            macs.get(name, 0),
+            params,
+            _is_mixing(m),
+            in_shape[1],
+            out_shape[1] if len(out_shape) > 1 else 1,
+            in_attr,
+            out_attr,
+            tuple(in_shape[2:4]) if len(in_shape) == 4 else (1, 1),
+        )
+    model.train(was_training)
+    heads = [n for n in reversed(shapes) if isinstance(leaves[n], (nn.Conv2d, nn.Linear))][:1]
+    graph = PruningGraph(units, infos, tuple(input_shape), heads)
+    from amc.pruning.cost import CostModel
+
+    CostModel(graph).annotate_units()
+    return graph
