@@ -111,6 +111,26 @@ def evaluate(
 
 
 @torch.no_grad()
+def recalibrate_bn_on(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``images`` (normalised, on the model's device).
+
+    After pruning, the statistics of the remaining channels' inputs change; recomputing them
+    (a cumulative average, no gradient step) restores much of the lost accuracy for free.
+    The model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in images.split(batch_size):
+        model(x)
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
 def recalibrate_bn(
     model: nn.Module,
     dataset: Dataset,
@@ -120,27 +140,11 @@ def recalibrate_bn(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics on a few batches of ``split``.
-
-    After pruning, the statistics of the remaining channels' inputs change; recomputing them
-    (cumulative average over ``num_batches`` batches, no gradient step) restores much of the
-    lost accuracy for free. The model is left in eval mode.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return model
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
+    """Re-estimate BatchNorm statistics on ``num_batches`` random batches of a dataset split."""
     gen = torch.Generator().manual_seed(seed)
     data = dataset.split(split)
-    for x, _ in iterate_batches(data, dataset, batch_size, True, False, gen, num_batches * batch_size):
-        model(x.to(device))
-    for m, momentum in zip(norms, saved, strict=True):
-        m.momentum = momentum
-    return model.eval()
+    batches = iterate_batches(data, dataset, batch_size, True, False, gen, num_batches * batch_size)
+    return recalibrate_bn_on(model, torch.cat([x for x, _ in batches]).to(device), batch_size)
 
 
 def _save_atomic(obj: dict, path: Path) -> None:

@@ -16,6 +16,7 @@ from amc.data.base import (
     Dataset,
     DatasetError,
     ImageArrays,
+    cache_dir,
     channel_stats,
     iterate_batches,
     split_train_search,
@@ -58,7 +59,7 @@ def _require(data: Path | None, name: str) -> Path:
 
 def _load_cifar(name: str) -> Callable[..., tuple[list[str], dict[str, ImageArrays], dict]]:
     def load(data: Path | None, download: bool):
-        root = Path(data) if data is not None else Path.home() / ".cache" / "amc" / "datasets"
+        root = Path(data) if data is not None else cache_dir() / "datasets"
         if download:
             download_cifar(root, name)
         classes, splits = read_cifar(root, name)

@@ -130,8 +130,12 @@ def cache_dir() -> Path:
 def file_key(path: Path) -> str:
     """A short key that changes when the file or folder at ``path`` changes."""
     st = path.stat()
-    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    if path.is_dir():  # a folder's own mtime misses files replaced or edited in its sub-folders
+        for file in sorted(path.rglob("*")):
+            fst = file.stat()
+            digest.update(f"|{file.relative_to(path)}|{fst.st_size}|{fst.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def to_tensor(images: Tensor | np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
@@ -173,11 +177,15 @@ def iterate_batches(
         shuffle: Visit the images in a random order drawn from ``generator``.
         augmented: Apply random crop and flip (training only).
         generator: Source of randomness for shuffling and augmentation.
-        limit: Use only the first ``limit`` images (after shuffling).
+        limit: Use only ``limit`` images: the first ones after shuffling, else evenly spaced
+            ones (splits are often sorted by class; the first ``limit`` would miss classes).
     """
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     n = len(data) if limit is None else min(limit, len(data))
-    order = torch.randperm(len(data), generator=gen)[:n] if shuffle else torch.arange(n)
+    if shuffle:
+        order = torch.randperm(len(data), generator=gen)[:n]
+    else:
+        order = torch.arange(n) * len(data) // max(n, 1)
     images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]

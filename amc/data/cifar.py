@@ -44,6 +44,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how pickle protocol <= 2 writes bytes under Python 3; harmless
 }
 
 
@@ -63,8 +64,10 @@ def _load_batch(file: Path) -> dict:
     try:
         with file.open("rb") as f:
             raw = _SafeUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # garbage bytes raise many types (OverflowError, MemoryError, TypeError, ...)
         raise DatasetError(f"corrupt CIFAR file {file}: {exc}; delete it and download again") from exc
+    if not isinstance(raw, dict):
+        raise DatasetError(f"corrupt CIFAR file {file}: holds a {type(raw).__name__}, expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 

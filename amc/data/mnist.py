@@ -22,10 +22,16 @@ def read_idx(file: Path) -> np.ndarray:
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise DatasetError(f"missing idx file {file} (or {file.name}.gz)")
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # a damaged or truncated .gz
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DatasetError(f"{path} is not an unsigned-byte idx file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DatasetError(f"{path} is truncated: its header declares {ndim} dimensions")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):

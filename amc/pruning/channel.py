@@ -89,7 +89,7 @@ class ChannelPruner:
     def removed_channels(self, kept: Sequence[int]) -> list[set[int]]:
         """Root indices of the removed channels per unit: the least important ones."""
         out = []
-        for u, k, imp in zip(self.units, kept, self.importance, strict=True):
+        for k, imp in zip(kept, self.importance, strict=True):
             order = torch.argsort(imp, descending=True, stable=True)
             out.append({int(i) for i in order[k:]})
         return out
@@ -132,8 +132,17 @@ class ChannelPruner:
         for unit, rem in zip(self.units, removed, strict=True):
             if not rem:
                 continue
-            root = modules[unit.name]
-            item = next(i for i in unit.items if i.module == unit.name and i.is_output)
+            # The producer that carries every channel of the unit: the first one in execution
+            # order may hold only its slice of a concatenation.
+            item = max(
+                (
+                    i
+                    for i in unit.items
+                    if i.is_output and isinstance(modules[i.module], (nn.Conv2d, nn.Linear))
+                ),
+                key=lambda i: len(set(i.root)),
+            )
+            root = modules[item.module]
             idxs = sorted({i for i, r in zip(item.idxs, item.root, strict=True) if r in rem})
             pruner = graph.get_pruner_of_module(root)
             group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs)

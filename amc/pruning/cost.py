@@ -66,6 +66,16 @@ class CostModel:
         """Total parameters."""
         return self.cost(kept)[1]
 
+    def layer_widths(self, kept: Sequence[int]) -> dict[str, tuple[int, int]]:
+        """Kept (input, output) channels of every convolution and linear layer."""
+        removed = [n - k for n, k in zip(self.channels, kept, strict=True)]
+        out = {}
+        for name, info in self.graph.modules.items():
+            if info.type in ("Conv2d", "Linear"):
+                _, kin, _, kout = self._scales(info, removed)
+                out[name] = (kin, kout)
+        return out
+
     def annotate_units(self) -> None:
         """Set each unit's ``flops``/``params``: the cost that disappears when it is fully removed."""
         total_macs, total_params = self.cost()

@@ -193,11 +193,10 @@ def _make_unit(items: list[UnitItem], modules: dict[str, nn.Module], order: list
         kind = "linear" if isinstance(first, nn.Linear) else "conv"
     in_shape = shapes[layers[0]][0]
     conv = isinstance(first, nn.Conv2d)
-    root = next(i for i in items if i.module == layers[0] and i.is_output)
     return PruningUnit(
         index=-1,
         name=layers[0],
-        channels=len(set(root.root)),
+        channels=len({r for i in items for r in i.root}),
         kind=kind,
         in_channels=in_shape[1],
         in_hw=(in_shape[2], in_shape[3]) if len(in_shape) == 4 else (1, 1),

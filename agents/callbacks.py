@@ -1,0 +1,169 @@
+"""The search callback: per-episode records, best policy, TensorBoard, and resumable checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from amc.agents.tensorboard import policy_bar_chart, policy_table
+from stable_baselines3.common.callbacks import BaseCallback
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from amc.policy import Policy
+
+log = logging.getLogger(__name__)
+RATIOS = ("flops_ratio", "params_ratio", "latency_ratio")
+
+
+class SearchCallback(BaseCallback):
+    """Record every finished episode and checkpoint the search after each one.
+
+    Files in ``run_dir``: ``episodes.csv`` (appended per episode), ``best_policy.json``,
+    ``agent.zip`` + ``buffer.npz`` + ``state.json`` (the checkpoint, written once the episode
+    is in the replay buffer; ``state.json`` last, atomically), TensorBoard events.
+
+    Args:
+        run_dir: The run folder.
+        unit_names: Unit names, for the CSV header.
+        total_episodes: Episodes the search will run in all.
+        state: Restored state when resuming (``episodes``, ``best``), else ``None``.
+        noise: The agent's exploration noise (its state is checkpointed), if any.
+        progress: Show a progress bar.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        unit_names: list[str],
+        total_episodes: int,
+        state: dict | None = None,
+        noise: Any = None,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.run_dir, self.unit_names, self.total_episodes = Path(run_dir), unit_names, total_episodes
+        state = state or {}
+        self.episodes = int(state.get("episodes", 0))
+        self.best: dict = state.get("best", {})
+        self.noise, self.progress = noise, progress
+        self.saved_episodes = self.episodes
+        self.t0 = time.time()
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.writer: SummaryWriter | None = None
+        self.bar: tqdm | None = None
+
+    def _on_training_start(self) -> None:
+        self.writer = SummaryWriter(str(self.run_dir))
+        self.bar = tqdm(
+            total=self.total_episodes,
+            initial=self.episodes,
+            desc="search",
+            unit="ep",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+            if done and "accuracy" in info:
+                self._record(info)
+        return True
+
+    def _record(self, info: dict) -> None:
+        self.episodes += 1
+        ep = self.episodes
+        self._append_csv(ep, info)
+        w = self.writer
+        w.add_scalar("episode/reward", info["reward"], ep)
+        w.add_scalar("episode/accuracy", info["accuracy"], ep)
+        for key in RATIOS:
+            if key in info:
+                w.add_scalar(f"episode/{key}", info[key], ep)
+        w.add_histogram("episode/actions", np.asarray(info["sparsities"]), ep)
+        if self.noise is not None:
+            w.add_scalar("episode/noise_sigma", self.noise.sigma, ep)
+        if not self.best or info["reward"] > self.best["reward"]:
+            self._new_best(ep, info)
+        for key in ("reward", "accuracy", *RATIOS):
+            if key in self.best:
+                w.add_scalar(f"best/{key}", self.best[key], ep)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(
+                reward=f"{info['reward']:.3f}",
+                best_acc=f"{self.best['accuracy']:.2f}",
+                flops=f"{info.get('flops_ratio', 0):.3f}",
+            )
+
+    def _append_csv(self, ep: int, info: dict) -> None:
+        path = self.run_dir / "episodes.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["episode", "reward", "accuracy", *RATIOS, *self.unit_names])
+            writer.writerow(
+                [
+                    ep,
+                    f"{info['reward']:.6f}",
+                    f"{info['accuracy']:.4f}",
+                    *(f"{info[k]:.6f}" if k in info else "" for k in RATIOS),
+                    *(f"{s:.6f}" for s in info["sparsities"]),
+                ]
+            )
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _new_best(self, ep: int, info: dict) -> None:
+        self.best = {
+            "episode": ep,
+            "reward": info["reward"],
+            "accuracy": info["accuracy"],
+            **{k: info[k] for k in RATIOS if k in info},
+        }
+        policy = Policy(**json.loads(info["policy_json"]))
+        policy.metrics.update(episode=ep)
+        policy.save(self.run_dir / "best_policy.json")
+        title = f"episode {ep}: accuracy {info['accuracy']:.2f} %, FLOPs {info.get('flops_ratio', 0):.3f}"
+        self.writer.add_image(
+            "best/policy", policy_bar_chart(policy.sparsities, title), ep, dataformats="HWC"
+        )
+        self.writer.add_text("best/policy_table", policy_table(policy.sparsities, policy.kept), ep)
+
+    def checkpoint(self) -> None:
+        """Save agent, replay buffer and state (``state.json`` last, so a crash leaves the old one)."""
+        if self.episodes == self.saved_episodes:
+            return
+        self.model.save(self.run_dir / "agent.zip")
+        self.model.replay_buffer.save_npz(self.run_dir / "buffer.npz")
+        state = {
+            "episodes": self.episodes,
+            "best": self.best,
+            "num_timesteps": self.model.num_timesteps,
+            "noise": self.noise.state() if self.noise is not None else None,
+            "elapsed": self.elapsed + time.time() - self.t0,
+        }
+        tmp = self.run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.run_dir / "state.json")
+        self.saved_episodes = self.episodes
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _on_rollout_end(self) -> None:
+        # The finished episode is in the replay buffer now (stored after on_step).
+        self.checkpoint()
+
+    def _on_training_end(self) -> None:
+        self.checkpoint()
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()

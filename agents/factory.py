@@ -1,0 +1,130 @@
+"""Build DDPG / TD3 / SAC agents for the AMC environment from YAML presets.
+
+Presets live in ``agents/presets/<algo>.yaml`` with a ``default:`` entry (and optionally one
+per model name), as in rl-baselines3-zoo; ``overrides`` (``--hp key=value``) win. AMC's
+actor and critic learning rates differ (1e-4 / 1e-3); stable-baselines3 has one learning
+rate, so :class:`AMCPolicy` gives the critic an optimiser whose steps are scaled.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import torch
+import yaml
+from amc.agents.buffer import EpisodeRewardReplayBuffer
+from amc.agents.noise import DecayingTruncatedNormalNoise
+from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.td3.policies import TD3Policy
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
+AMC_KEYS = (
+    "warmup_episodes",
+    "noise_sigma",
+    "noise_decay",
+    "baseline_alpha",
+    "buffer_transitions",
+    "net_arch",
+    "learning_rate_actor",
+    "learning_rate_critic",
+)
+
+
+class ScaledAdam(torch.optim.Adam):
+    """Adam whose step uses ``scale`` times the scheduled learning rate."""
+
+    def __init__(self, params: Any, scale: float = 1.0, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self.scale = scale
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One Adam step at the scaled learning rate."""
+        saved = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * self.scale
+        try:
+            return super().step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, saved, strict=True):
+                g["lr"] = lr
+
+
+class AMCPolicy(TD3Policy):
+    """TD3/DDPG policy whose critic learns ``critic_lr_scale`` times faster than the actor."""
+
+    def __init__(self, *args: Any, critic_lr_scale: float = 10.0, **kwargs: Any):
+        self.critic_lr_scale = critic_lr_scale
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        self.critic.optimizer = ScaledAdam(
+            self.critic.parameters(), scale=self.critic_lr_scale, lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+
+def load_preset(algo: str, model: str = "", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hyper-parameters of ``algo``: the preset's ``default``, its ``model`` entry, then ``overrides``."""
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown agent '{algo}'; known agents: {', '.join(ALGORITHMS)}")
+    text = (resources.files("amc.agents") / "presets" / f"{algo}.yaml").read_text()
+    presets = yaml.safe_load(text)
+    hp = dict(presets["default"])
+    hp.update(presets.get(model, {}) or {})
+    hp.update(overrides or {})
+    return hp
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are read as YAML (numbers, lists, booleans)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"hyper-parameter override '{pair}' must look like key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def make_agent(
+    algo: str, env: Any, hp: dict[str, Any], n_units: int, seed: int = 0, n_envs: int = 1
+) -> tuple[BaseAlgorithm, DecayingTruncatedNormalNoise | None]:
+    """Create the agent and its exploration noise (``None`` for SAC) for a (vectorised) env."""
+    hp = dict(hp)
+    amc = {k: hp.pop(k) for k in AMC_KEYS if k in hp}
+    warmup = int(amc.get("warmup_episodes", 100))
+    kwargs: dict[str, Any] = {
+        "learning_starts": warmup * n_units,
+        "buffer_size": int(amc.get("buffer_transitions", 2000)),
+        "train_freq": (1, "episode"),
+        "gradient_steps": -1,
+        "replay_buffer_class": EpisodeRewardReplayBuffer,
+        "replay_buffer_kwargs": {"baseline_alpha": float(amc.get("baseline_alpha", 0.5))},
+        "seed": seed,
+        "verbose": 0,
+        "device": "cpu",
+    }
+    policy_kwargs: dict[str, Any] = {"net_arch": list(amc.get("net_arch", [300, 300]))}
+    noise = None
+    if algo == "sac":
+        policy: Any = "MlpPolicy"
+    else:
+        policy = AMCPolicy
+        actor_lr = float(amc.get("learning_rate_actor", 1e-4))
+        kwargs["learning_rate"] = actor_lr
+        policy_kwargs["critic_lr_scale"] = float(amc.get("learning_rate_critic", 1e-3)) / actor_lr
+        noise = DecayingTruncatedNormalNoise(
+            float(amc.get("noise_sigma", 0.5)),
+            float(amc.get("noise_decay", 0.95)),
+            warmup,
+            size=1,
+            seed=seed,
+            n_envs=n_envs,
+        )
+        kwargs["action_noise"] = noise
+    kwargs.update(hp)
+    agent = ALGORITHMS[algo](policy, env, policy_kwargs=policy_kwargs, **kwargs)
+    return agent, noise

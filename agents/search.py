@@ -1,0 +1,153 @@
+"""``amc search``: train an agent on the pruning environment, with resumable run folders.
+
+A run folder ``runs/<model>__<agent>__seed<k>__<time>/`` holds ``config.yaml`` (resolved
+settings), ``command.txt``, TensorBoard events, ``episodes.csv``, ``best_policy.json``,
+``agent.zip`` (stable-baselines3 format) and the checkpoint (``buffer.npz``,
+``state.json``). ``resume_search(run_dir)`` continues a killed run from its last episode.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from amc.agents.callbacks import SearchCallback
+from amc.agents.factory import ALGORITHMS, load_preset, make_agent
+from amc.envs.config import EnvConfig
+from amc.envs.pruning_env import PruningEnv
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search run.
+
+    Attributes:
+        env: The environment settings.
+        agent: ``ddpg``, ``td3`` or ``sac``.
+        episodes: Episodes in all, warm-up included.
+        seed: Seed of the agent and its noise.
+        envs: Episodes scored in parallel (subprocess environments).
+        hp: Hyper-parameter overrides on top of the agent's preset.
+        runs_dir: Parent folder of run folders.
+        name: Run folder name (default ``<model>__<agent>__seed<k>__<time>``).
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: str = "ddpg"
+    episodes: int = 300
+    seed: int = 0
+    envs: int = 1
+    hp: dict[str, Any] = field(default_factory=dict)
+    runs_dir: str = "runs"
+    name: str = ""
+
+    def run_name(self) -> str:
+        """The run folder's name."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        model = self.env.model.replace(":", "_").replace(".", "_")
+        return self.name or f"{model}__{self.agent}__seed{self.seed}__{stamp}"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchConfig:
+        """Rebuild from :func:`dataclasses.asdict` output (``config.yaml``)."""
+        data = dict(data)
+        data["env"] = EnvConfig(**data.get("env", {}))
+        return cls(**data)
+
+
+def _make_vec_env(config: SearchConfig, first: PruningEnv) -> VecEnv:
+    if config.envs <= 1:
+        return DummyVecEnv([lambda: first])
+    env_config = EnvConfig(**{**asdict(config.env), "threads": max(1, config.env.threads)})
+    return SubprocVecEnv(
+        [lambda c=env_config: PruningEnv(c) for _ in range(config.envs)], start_method="fork"
+    )
+
+
+def _truncate_csv(path: Path, episodes: int) -> None:
+    """Keep the header and the first ``episodes`` rows (rows beyond the checkpoint are redone)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows[: episodes + 1])
+
+
+def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bool) -> dict:
+    env = PruningEnv(config.env)
+    n_units = env.n
+    hp = load_preset(config.agent, config.env.model, config.hp)
+    vec_env = _make_vec_env(config, env)
+    agent, noise = make_agent(config.agent, vec_env, hp, n_units, config.seed, config.envs)
+    if state is not None:
+        agent = ALGORITHMS[config.agent].load(run_dir / "agent.zip", env=vec_env, device="cpu")
+        agent.replay_buffer.load_npz(run_dir / "buffer.npz")
+        if noise is not None:
+            noise.load_state(state["noise"])
+            agent.action_noise = noise
+        agent.num_timesteps = int(state["num_timesteps"])
+    agent.set_logger(configure(str(run_dir), ["tensorboard"]))
+    done = state["episodes"] if state else 0
+    callback = SearchCallback(run_dir, [u.name for u in env.units], config.episodes, state, noise, progress)
+    remaining = max(0, config.episodes - done)
+    try:
+        agent.learn(
+            total_timesteps=remaining * n_units,
+            callback=callback,
+            reset_num_timesteps=state is None,
+            log_interval=1,
+        )
+    finally:
+        vec_env.close()
+    agent.save(run_dir / "agent.zip")
+    return {
+        "run_dir": str(run_dir),
+        "episodes": callback.episodes,
+        "best": callback.best,
+        "seconds": callback.elapsed + time.time() - callback.t0,
+        "env": env,
+    }
+
+
+def run_search(config: SearchConfig, progress: bool = True) -> dict:
+    """Start a new search; returns the run folder, episode count, best result and wall time."""
+    if config.agent not in ALGORITHMS:
+        raise ValueError(f"unknown agent '{config.agent}'; known agents: {', '.join(ALGORITHMS)}")
+    run_dir = Path(config.runs_dir) / config.run_name()
+    if (run_dir / "state.json").exists() or (run_dir / "episodes.csv").exists():
+        raise FileExistsError(f"{run_dir} already holds a search; resume it with --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.name = run_dir.name
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    (run_dir / "command.txt").write_text(" ".join(sys.argv) + "\n")
+    return _start(config, run_dir, None, progress)
+
+
+def resume_search(run_dir: str | Path, episodes: int | None = None, progress: bool = True) -> dict:
+    """Continue the search in ``run_dir`` from its last checkpoint (optionally to more episodes)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a search run folder (no config.yaml)")
+    config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if episodes is not None:
+        config.episodes = episodes
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    state_file = run_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    _truncate_csv(run_dir / "episodes.csv", state["episodes"] if state else 0)
+    with (run_dir / "command.txt").open("a") as f:
+        f.write(" ".join(sys.argv) + "\n")
+    log.info("resuming %s at episode %d", run_dir, state["episodes"] if state else 0)
+    return _start(config, run_dir, state, progress)

@@ -1,0 +1,109 @@
+"""Scoring a pruned network on the search split: the accuracy an episode's reward is built from.
+
+The search split (held out of the training images) is decoded and normalised once; each
+episode pseudo-prunes the model, optionally recalibrates BatchNorm statistics on a few
+calibration batches, and measures top-1 accuracy. The test split is never touched here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from amc.data import Dataset
+from amc.data.base import to_tensor
+from amc.train import recalibrate_bn_on
+
+
+@dataclass
+class ScoringConfig:
+    """How an episode is scored.
+
+    Attributes:
+        images: Search-split images scored per episode.
+        batch_size: Images per forward pass.
+        recalibrate: Re-estimate BatchNorm statistics before scoring.
+        recalibration_images: Calibration images for that.
+        calibration_images: Images whose layer inputs feed least-squares reconstruction.
+        seed: Seed of the calibration sample.
+    """
+
+    images: int = 2000
+    batch_size: int = 500
+    recalibrate: bool = False
+    recalibration_images: int = 1024
+    calibration_images: int = 256
+    seed: int = 0
+
+
+def calibration_images(
+    dataset: Dataset, count: int, spare: np.ndarray | None = None, seed: int = 0
+) -> Tensor:
+    """Normalised calibration images, never the scored ones.
+
+    From ``train`` when the dataset has it (a seeded random sample); otherwise (the bundled
+    sample) from the search images listed in ``spare``, those not used for scoring.
+    """
+    if "train" in dataset.splits:
+        data = dataset.split("train")
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].numpy()
+    else:
+        data = dataset.split("search")
+        idx = np.arange(len(data)) if spare is None else np.asarray(spare)
+        if len(idx) < count:
+            raise ValueError(
+                f"only {len(idx)} search images are left for calibration after scoring, "
+                f"{count} needed; score fewer images (--search-images)"
+            )
+        idx = np.sort(idx[:count])
+    return to_tensor(data.images[idx], dataset.mean, dataset.std)
+
+
+class Scorer:
+    """Accuracy of (pseudo-)pruned networks on a fixed, seeded slice of the search split.
+
+    Args:
+        dataset: Dataset with a ``search`` split.
+        config: Scoring settings.
+        device: Torch device of the model.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        config: ScoringConfig | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.config = config or ScoringConfig()
+        self.device = torch.device(device)
+        search = dataset.split("search")
+        n = min(self.config.images, len(search))
+        order = torch.randperm(len(search), generator=torch.Generator().manual_seed(self.config.seed)).numpy()
+        self.index = order[:n]  # splits are stored class by class: score a seeded random subset
+        self.spare_index = order[n:]  # search images never scored, usable for calibration
+        self.images = to_tensor(search.images[self.index], dataset.mean, dataset.std).to(self.device)
+        self.labels = torch.from_numpy(search.labels[self.index]).to(self.device)
+        self.recalibration = None
+        if self.config.recalibrate:
+            self.recalibration = calibration_images(
+                dataset, self.config.recalibration_images, self.spare_index, self.config.seed + 1
+            ).to(self.device)
+
+    @torch.no_grad()
+    def accuracy(self, model: nn.Module) -> float:
+        """Top-1 accuracy (%) of ``model`` on the scored images, as it is."""
+        model.eval()
+        correct = 0
+        batch = self.config.batch_size
+        for x, y in zip(self.images.split(batch), self.labels.split(batch), strict=True):
+            correct += (model(x).argmax(1) == y).sum().item()
+        return 100.0 * correct / len(self.labels)
+
+    def evaluate(self, model: nn.Module) -> float:
+        """Optionally recalibrate BatchNorm statistics, then return top-1 accuracy (%)."""
+        if self.recalibration is not None:
+            recalibrate_bn_on(model, self.recalibration, 256)
+        return self.accuracy(model)

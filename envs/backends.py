@@ -1,0 +1,177 @@
+"""What the environment prunes: a backend turns per-unit sparsities into costs and accuracy.
+
+:class:`ChannelBackend` removes channels (units = channel groups, kept counts rounded);
+:class:`FineGrainedBackend` zeroes weights (units = weight tensors). Both expose the same
+small interface, so the environment, the action wall and the agents do not care which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from amc.policy import Policy
+from amc.pruning.channel import ChannelPruner, kept_channels
+from amc.pruning.finegrained import FineGrainedConfig, MagnitudePruner
+from amc.scoring import Scorer
+
+UNIT_KINDS = ("conv", "depthwise", "residual", "linear")
+
+
+@dataclass
+class UnitFeatures:
+    """Static description of a unit for the state embedding (AMC's per-layer features)."""
+
+    name: str
+    channels: int
+    in_channels: int
+    in_hw: tuple[int, int]
+    stride: int
+    kernel: int
+    flops: float
+    kind: str
+
+
+class ChannelBackend:
+    """Structured pruning: per-unit sparsity -> kept channels -> pseudo-pruned network.
+
+    Args:
+        pruner: The analysed model.
+        scorer: Scores the pseudo-pruned model on the search split.
+        latency: Optional function from kept channels to predicted latency (ms).
+        model_name: Recorded in policies.
+    """
+
+    mode = "channel"
+
+    def __init__(
+        self,
+        pruner: ChannelPruner,
+        scorer: Scorer,
+        latency: Callable[[Sequence[int]], float] | None = None,
+        model_name: str = "",
+    ):
+        self.pruner, self.scorer, self.latency, self.model_name = pruner, scorer, latency, model_name
+        self.units = [
+            UnitFeatures(u.name, u.channels, u.in_channels, u.in_hw, u.stride, u.kernel, u.flops, u.kind)
+            for u in pruner.units
+        ]
+        self.dense = self._absolute([u.channels for u in pruner.units])
+
+    def _absolute(self, kept: Sequence[int]) -> dict[str, float]:
+        macs, params = self.pruner.cost.cost(kept)
+        out = {"flops": float(macs), "params": float(params)}
+        if self.latency is not None:
+            out["latency"] = float(self.latency(kept))
+        return out
+
+    def quantize(self, index: int, sparsity: float) -> float:
+        """The sparsity that unit ``index`` really gets after rounding its kept channels."""
+        n = self.pruner.units[index].channels
+        return 1.0 - kept_channels(n, sparsity, self.pruner.round_to) / n
+
+    def costs(self, sparsities: Sequence[float]) -> dict[str, float]:
+        """Pruned/dense ratios (``flops``, ``params``, ``latency``) and absolute values (``*_absolute``)."""
+        absolute = self._absolute(self.pruner.kept_for(list(sparsities)))
+        out = {k: v / self.dense[k] for k, v in absolute.items()}
+        out.update({f"{k}_absolute": v for k, v in absolute.items()})
+        return out
+
+    def score(self, sparsities: Sequence[float]) -> float:
+        """Top-1 accuracy (%) on the search split of the network pruned to ``sparsities``."""
+        return self.scorer.evaluate(self.pruner.apply(self.pruner.kept_for(list(sparsities))))
+
+    def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
+        """The :class:`Policy` for ``sparsities``."""
+        kept = self.pruner.kept_for(list(sparsities))
+        return Policy.from_kept(
+            self.pruner, kept, list(sparsities), model=self.model_name, metrics=dict(metrics)
+        )
+
+
+class FineGrainedBackend:
+    """Fine-grained pruning: per-layer fraction of zeroed weights (magnitude), masks reset per episode.
+
+    FLOPs of a sparse layer count only its nonzero weights; parameters count nonzero weights.
+
+    Args:
+        model: The dense network (prepared with weight masks in place).
+        scorer: Scores the masked model on the search split.
+        input_shape: Example input shape.
+        model_name: Recorded in policies.
+    """
+
+    mode = "finegrained"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scorer: Scorer,
+        input_shape: tuple[int, ...] = (1, 3, 32, 32),
+        model_name: str = "",
+    ):
+        from amc.cost import layer_costs
+
+        self.model, self.scorer, self.model_name = model, scorer, model_name
+        costs = {c.name: c for c in layer_costs(model, input_shape)}
+        self.masker = MagnitudePruner(FineGrainedConfig())
+        self.masker.prepare(model)
+        self.layers = self.masker.layers
+        modules = dict(model.named_modules())
+        self.weights = np.array([float(modules[n].weight.numel()) for n in self.layers])
+        self.layer_macs = np.array([float(costs[n].macs) for n in self.layers])
+        self.total_params = float(sum(p.numel() for p in model.parameters()))
+        self.total_macs = float(sum(c.macs for c in costs.values()))
+        self.units = [
+            UnitFeatures(
+                n,
+                c.out_channels,
+                c.in_channels,
+                c.in_hw,
+                c.stride,
+                c.kernel,
+                c.macs,
+                "linear" if c.type == "Linear" else ("depthwise" if c.groups > 1 else "conv"),
+            )
+            for n in self.layers
+            for c in [costs[n]]
+        ]
+        self.dense = {"flops": self.total_macs, "params": self.total_params}
+
+    def quantize(self, index: int, sparsity: float) -> float:
+        """The fraction of weights that really gets zeroed (whole weights)."""
+        return round(sparsity * self.weights[index]) / self.weights[index]
+
+    def costs(self, sparsities: Sequence[float]) -> dict[str, float]:
+        """Ratios and absolute values of nonzero-weight MACs and parameters."""
+        s = np.asarray(sparsities)
+        flops = self.total_macs - float((self.layer_macs * s).sum())
+        params = self.total_params - float((self.weights * s).sum())
+        return {
+            "flops": flops / self.total_macs,
+            "params": params / self.total_params,
+            "flops_absolute": flops,
+            "params_absolute": params,
+        }
+
+    def score(self, sparsities: Sequence[float]) -> float:
+        """Top-1 accuracy (%) with the masks for ``sparsities``."""
+        self.masker.step(dict(zip(self.layers, map(float, sparsities), strict=True)))
+        with torch.no_grad():
+            return self.scorer.evaluate(self.model)
+
+    def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
+        """The fine-grained :class:`Policy` for ``sparsities``."""
+        costs = self.costs(sparsities)
+        return Policy(
+            sparsities={n: round(float(s), 6) for n, s in zip(self.layers, sparsities, strict=True)},
+            mode="finegrained",
+            model=self.model_name,
+            cost_before={"macs": int(self.total_macs), "params": int(self.total_params)},
+            cost_after={"macs": int(costs["flops_absolute"]), "params": int(costs["params_absolute"])},
+            metrics=dict(metrics),
+        )

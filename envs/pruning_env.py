@@ -1,0 +1,116 @@
+"""The AMC environment: walk the pruning units in execution order, one sparsity per unit.
+
+Observation: the unit's embedding (:mod:`amc.envs.embedding`), a ``Box`` in [0, 1].
+Action: one number in [-1, 1], mapped linearly to a sparsity in [0, max_sparsity], then
+clamped by the action wall (when a target is set) and rounded to whole channels. The applied
+action is reported in ``info["applied_action"]`` (same [-1, 1] scale) so that agents learn
+from what was done. The reward arrives at the last unit, with ``info`` holding the policy,
+the accuracy on the search split and the cost ratios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from amc.envs.backends import ChannelBackend, FineGrainedBackend
+from amc.envs.config import EnvConfig, build_backend
+from amc.envs.embedding import FEATURES, kind_flags, observation, rest_fractions, static_table
+from amc.envs.rewards import get_reward
+from amc.envs.wall import ActionWall
+
+
+class PruningEnv(gym.Env):
+    """Gymnasium environment of the AMC search (structured or fine-grained).
+
+    Args:
+        config: Environment settings; keyword arguments override its fields.
+        backend: A ready backend (skips loading model and data from ``config``).
+        **overrides: Fields of :class:`EnvConfig`, e.g. ``model="plain20"``, ``target=0.3``.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        backend: ChannelBackend | FineGrainedBackend | None = None,
+        **overrides: Any,
+    ):
+        super().__init__()
+        self.config = replace(config or EnvConfig(), **overrides)
+        self.backend = backend if backend is not None else build_backend(self.config)
+        self.units = self.backend.units
+        self.n = len(self.units)
+        self.reward_fn = get_reward(self.config.reward)
+        self.static = static_table(self.units)
+        self.flags = kind_flags(self.units)
+        self.rest = rest_fractions(self.units, self.backend.dense["flops"])
+        self.wall = None
+        if self.config.target is not None:
+            metric = self.config.metric
+            self.wall = ActionWall(
+                lambda s: self.backend.costs(s)[metric], self.n, self.config.target, self.config.max_sparsity
+            )
+            floor = self.backend.costs([self.config.max_sparsity] * self.n)[metric]
+            if floor > self.config.target:
+                raise ValueError(
+                    f"target {metric}={self.config.target} is unreachable: pruning every unit to "
+                    f"max_sparsity={self.config.max_sparsity} leaves {floor:.3f}; raise the target "
+                    "or --max-sparsity"
+                )
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self._decided: list[float] = []
+
+    def _observe(self) -> np.ndarray:
+        reduced = 1.0 - self.backend.costs(self._decided + [0.0] * (self.n - len(self._decided)))["flops"]
+        prev = self._decided[-1] / self.config.max_sparsity if self._decided else 0.0
+        return observation(self.static, self.flags, self.rest, len(self._decided), reduced, prev)
+
+    def to_sparsity(self, action: float) -> float:
+        """Map an action in [-1, 1] to a sparsity in [0, max_sparsity]."""
+        return (float(np.clip(action, -1.0, 1.0)) + 1.0) / 2.0 * self.config.max_sparsity
+
+    def to_action(self, sparsity: float) -> float:
+        """Inverse of :meth:`to_sparsity`."""
+        return 2.0 * sparsity / self.config.max_sparsity - 1.0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Start an episode at the first unit."""
+        super().reset(seed=seed)
+        self._decided = []
+        return self._observe(), {"unit": self.units[0].name}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Prune the current unit by ``action``; score the network after the last unit."""
+        if len(self._decided) >= self.n:
+            raise RuntimeError("episode is over; call reset()")
+        sparsity = self.to_sparsity(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        if self.wall is not None:
+            sparsity = self.wall.clamp(self._decided, sparsity)
+        self._decided.append(sparsity)
+        info: dict[str, Any] = {
+            "unit": self.units[len(self._decided) - 1].name,
+            "sparsity": sparsity,
+            "applied_action": np.array([self.to_action(sparsity)], dtype=np.float32),
+        }
+        if len(self._decided) < self.n:
+            return self._observe(), 0.0, False, False, info
+        accuracy = self.backend.score(self._decided)
+        costs = self.backend.costs(self._decided)
+        reward = float(self.reward_fn(accuracy, costs))
+        ratios = {f"{k}_ratio": v for k, v in costs.items() if not k.endswith("_absolute")}
+        policy = self.backend.policy(self._decided, accuracy=accuracy, reward=reward)
+        info.update(
+            accuracy=accuracy,
+            reward=reward,
+            sparsities=list(self._decided),
+            **ratios,
+            policy=policy.sparsities,
+            policy_json=policy.to_json(),
+        )
+        obs = observation(self.static, self.flags, self.rest, self.n - 1, 1.0 - costs["flops"], 1.0)
+        return obs, reward, True, False, info

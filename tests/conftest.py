@@ -1,0 +1,27 @@
+"""Shared fixtures: an isolated dataset cache for every test and the bundled sample, decoded once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amc.data import Dataset, load_dataset
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The test machine is small and shared: one intra-op thread keeps every test predictable.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point $AMC_CACHE_DIR at a fresh folder so no test writes decoded images to the home folder."""
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path_factory.mktemp("amc-cache")))
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """The bundled CIFAR-10 sample (decoding its 7000 JPEGs takes ~2 s, so once per session)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMC_CACHE_DIR", str(tmp_path_factory.mktemp("sample-cache")))
+        return load_dataset("sample")
