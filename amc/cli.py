@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from amc.cli_search import add_parsers
 from amc.data import DATASETS, DatasetError, load_dataset
 from amc.models import MODELS, CheckpointError, ModelError, create_model, read_manifest, shipped_checkpoint
 from amc.train import TrainConfig, evaluate, set_threads, train
@@ -115,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
+    add_parsers(sub, _add_model_args, _add_data_args)
     return parser
 
 
-def _model_and_data(args: argparse.Namespace):
+def model_and_data(args: argparse.Namespace):
+    """Load the model (with its checkpoint) and dataset the command line names."""
     set_threads(args.threads)
     checkpoint = None if args.checkpoint in (None, "none") else args.checkpoint
     if checkpoint == "shipped":
@@ -134,7 +137,7 @@ def _model_and_data(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``amc evaluate``: print accuracy and loss on one split."""
-    model, dataset, _ = _model_and_data(args)
+    model, dataset, _ = model_and_data(args)
     metrics = evaluate(model, dataset, args.split, device=args.device)
     n = len(dataset.split(args.split))
     print(
@@ -146,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``amc train``: train a model and write its checkpoint and manifest."""
-    model, dataset, width = _model_and_data(args)
+    model, dataset, width = model_and_data(args)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args})
     manifest = {
         "model": args.model,
@@ -168,7 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (DatasetError, ModelError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (
+        DatasetError,
+        ModelError,
+        CheckpointError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as exc:
         print(f"amc: error: {exc}", file=sys.stderr)
         return 2
 

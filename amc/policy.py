@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from amc.pruning.channel import ChannelPruner
@@ -157,3 +158,28 @@ def apply_policy(
         policy.kept.get(u.name, k) for u, k in zip(pruner.units, pruner.kept_for(sparsities), strict=True)
     ]
     return pruner.export(kept)
+
+
+def save_pruned(model: nn.Module, policy: Policy, path: str | Path) -> Path:
+    """Save a pruned model as its state dict (``.pt``) beside its policy (``.policy.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    policy.save(path.with_suffix(".policy.json"))
+    return path
+
+
+def load_pruned(
+    model: nn.Module, path: str | Path, input_shape: tuple[int, ...] = (1, 3, 32, 32)
+) -> nn.Module:
+    """Rebuild a pruned model saved by :func:`save_pruned` on a fresh ``model`` of the same architecture.
+
+    The structure comes from the policy's kept channels, the weights from the state dict
+    (loaded with ``weights_only=True``).
+    """
+    from amc.models import load_checkpoint
+
+    path = Path(path)
+    policy = Policy.load(path.with_suffix(".policy.json"))
+    structure = apply_policy(model, replace(policy, reconstruct=False), input_shape)
+    return load_checkpoint(structure, path)

@@ -78,6 +78,7 @@ class Scorer:
         device: str | torch.device = "cpu",
     ):
         self.config = config or ScoringConfig()
+        self.dataset = dataset
         self.device = torch.device(device)
         search = dataset.split("search")
         n = min(self.config.images, len(search))

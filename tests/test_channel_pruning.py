@@ -89,21 +89,34 @@ def check_equivalence(pruner: ChannelPruner, kept: list[int], x: Tensor) -> nn.M
     return small
 
 
+WIDTH = {nn.Conv2d: ("in_channels", "out_channels"), nn.Linear: ("in_features", "out_features")}
+
+
 def check_layer_widths(pruner: ChannelPruner, small: nn.Module, kept: list[int]) -> None:
-    """Every layer that carries all of a unit's channels has exactly the kept number of them."""
-    modules = dict(small.named_modules())
-    for unit, k in zip(pruner.units, kept, strict=True):
+    """The exported layers show exactly the kept channels.
+
+    A producer that carries all of a unit's channels keeps ``kept[u]`` of them, and every
+    layer loses exactly the input/output features that map to removed unit channels.
+    """
+    dense, exported = dict(pruner.model.named_modules()), dict(small.named_modules())
+    lost: dict[tuple[str, bool], int] = {}
+    for unit, k, removed in zip(pruner.units, kept, pruner.removed_channels(kept), strict=True):
         for item in unit.items:
-            if len(set(item.root)) != unit.channels:
-                continue  # a slice of the unit (concatenation) or a flattened consumer
-            m = modules[item.module]
-            if item.is_output:
-                width = {nn.Conv2d: "out_channels", nn.Linear: "out_features"}.get(type(m), "num_features")
-            else:
-                if len(item.idxs) != unit.channels:
-                    continue  # flattened: several features per channel
-                width = {nn.Conv2d: "in_channels", nn.Linear: "in_features"}.get(type(m), "num_features")
-            assert getattr(m, width) == k, f"unit {unit.name}: {item.module}.{width} != kept {k}"
+            key = (item.module, item.is_output)
+            lost[key] = lost.get(key, 0) + sum(r in removed for r in item.root)
+            if item.is_output and len(set(item.root)) == unit.channels:
+                m = exported[item.module]
+                width = WIDTH.get(type(m), ("", "num_features"))[1]
+                assert getattr(m, width) == k, f"unit {unit.name}: {item.module}.{width} != kept {k}"
+    for (name, is_output), count in lost.items():
+        m = exported[name]
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            assert m.num_features == dense[name].num_features - count, name
+        elif is_output or m.groups == 1:
+            attr = WIDTH[type(m)][is_output]
+            assert getattr(m, attr) == getattr(dense[name], attr) - count, f"{name}.{attr}"
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.in_channels == m.out_channels == m.groups, name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,41 +259,47 @@ def random_architecture(seed: int, hw: int = 16, hazard: str | None = None) -> t
             if kind.endswith("pool"):
                 if hw >= 4:
                     blocks.append(nn.MaxPool2d(2) if kind == "maxpool" else nn.AvgPool2d(2))
-                    hw, _ = hw // 2, used.append(kind)
+                    used.append(kind)
+                    hw //= 2
                 continue
             if kind in ("concat", "dense"):
                 c1, c2 = rng.randint(4, 12), rng.randint(4, 12)
                 blocks.append(Concat(c, c1, c2, dense=kind == "dense"))
-                c, concat_open, _ = (c if kind == "dense" else c1) + c2, True, used.append(kind)
+                used.append(kind)
+                c, concat_open = (c if kind == "dense" else c1) + c2, True
                 continue
             stride = 2 if hw >= 8 and rng.random() < 0.3 else 1
             cout = c if rng.random() < 0.4 else rng.randint(4, 24)
             block, kind, cout = make_block(kind, c, cout, stride, rng)
-            if concat_open and kind in COUPLING:  # keep the branches separate units
-                stride, (block, kind, cout) = 1, make_block("conv", c, cout, 1, rng)
+            if concat_open and kind in COUPLING:  # keep the concatenated branches separate units
+                stride = 1
+                block, kind, cout = make_block("conv", c, cout, stride, rng)
             blocks.append(block)
-            c, hw, concat_open, _ = cout, (hw + stride - 1) // stride, False, used.append(kind)
+            used.append(kind)
+            c, hw, concat_open = cout, (hw + stride - 1) // stride, False
         if hazard is not None and not concat_open:
-            blocks.append(Concat(c, rng.randint(4, 8), rng.randint(4, 8)))
-            c, concat_open, _ = (
-                blocks[-1].a[0].out_channels + blocks[-1].b[0][0].out_channels,
-                True,
-                used.append("concat"),
-            )
+            c1, c2 = rng.randint(4, 8), rng.randint(4, 8)
+            blocks.append(Concat(c, c1, c2))
+            used.append("concat")
+            c, concat_open = c1 + c2, True
         if hazard == "coupled":
             block, kind, c = make_block(rng.choice(["separable", "residual"]), c, c, 1, rng)
             blocks.append(block)
-            concat_open, _ = False, used.extend([kind, "coupled-concat"])
+            used += [kind, "coupled-concat"]
+            concat_open = False
         if hazard == "flatten" or (hw <= 4 and not concat_open and rng.random() < 0.5):
             head: list[nn.Module] = [nn.Flatten()]
-            features, _ = c * hw * hw, used.append("flatten-concat" if concat_open else "flatten")
+            features = c * hw * hw
+            used.append("flatten-concat" if concat_open else "flatten")
         else:
             head = [rng.choice([nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)]), nn.Flatten()]
-            features, _ = c, used.append("global-pool")
+            features = c
+            used.append("global-pool")
         if rng.random() < 0.5:
             hidden = rng.randint(8, 24)
             head += [nn.Linear(features, hidden), nn.ReLU()]
-            features, _ = hidden, used.append("hidden-linear")
+            features = hidden
+            used.append("hidden-linear")
         head.append(nn.Linear(features, rng.randint(2, 10)))
         model = Net(blocks, head)
     return randomize(model, seed), used

@@ -1,0 +1,330 @@
+"""Sub-commands of ``amc`` around the search: ``search``, ``apply`` and ``compare``.
+
+Kept apart from :mod:`amc.cli` so that ``amc train``/``evaluate`` never import the RL stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from amc.baselines import TargetError, random_search_policy, sensitivity_policy, uniform_policy
+
+log = logging.getLogger("amc")
+
+
+def parse_target(text: str) -> tuple[str, float | None]:
+    """Parse ``--target``: ``flops=0.5``, ``params=0.3``, ``latency=0.6`` or ``none``."""
+    if text.lower() == "none":
+        return "flops", None
+    metric, sep, value = text.partition("=")
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not sep or metric not in ("flops", "params", "latency") or not 0 < ratio <= 1:
+        raise argparse.ArgumentTypeError(
+            f"bad target '{text}': use flops=0.5, params=0.3, latency=0.6 or none"
+        )
+    return metric, ratio
+
+
+def add_env_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that builds a pruning environment."""
+    p.add_argument(
+        "--target",
+        type=parse_target,
+        default=("flops", 0.5),
+        help="budget as a ratio of the dense model: flops=0.5, params=0.3, latency=0.6, or none "
+        "(accuracy-guaranteed mode, use with --reward acc_flops/acc_params) (default: flops=0.5)",
+    )
+    p.add_argument(
+        "--mode",
+        default="channel",
+        choices=["channel", "finegrained"],
+        help="structured channel pruning or fine-grained magnitude pruning (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reward",
+        default=None,
+        help="reward: acc, acc_flops, acc_params, acc_latency (default: acc with a target, "
+        "acc_flops without)",
+    )
+    p.add_argument("--max-sparsity", type=float, default=0.8, help="largest per-unit sparsity (default: 0.8)")
+    p.add_argument("--round-to", type=int, default=1, help="kept channels are multiples of this (default: 1)")
+    p.add_argument("--criterion", default="l1", choices=["l1", "l2"], help="channel importance (default: l1)")
+    p.add_argument(
+        "--reconstruct", action="store_true", help="least-squares reconstruction of consumer layers"
+    )
+    p.add_argument(
+        "--recalibrate", action="store_true", help="recalibrate BatchNorm statistics before scoring"
+    )
+    p.add_argument(
+        "--search-images",
+        type=int,
+        default=1000,
+        help="search-split images scored per episode (default: %(default)s)",
+    )
+
+
+def env_config(args: argparse.Namespace):
+    """The :class:`~amc.envs.config.EnvConfig` described by the command line."""
+    from amc.envs.config import EnvConfig
+
+    metric, target = args.target
+    reward = args.reward or ("acc" if target is not None else "acc_flops")
+    return EnvConfig(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        width=args.width,
+        dataset=args.dataset,
+        data=args.data,
+        split_seed=args.split_seed,
+        mode=args.mode,
+        metric=metric,
+        target=target,
+        reward=reward,
+        max_sparsity=args.max_sparsity,
+        round_to=args.round_to,
+        criterion=args.criterion,
+        reconstruct=args.reconstruct,
+        recalibrate=args.recalibrate,
+        search_images=args.search_images,
+        device=args.device,
+        threads=args.threads,
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``amc search``: learn a pruning policy with an RL agent; print dense vs best vs uniform."""
+    from amc.agents.factory import parse_overrides
+    from amc.agents.search import SearchConfig, resume_search, run_search
+
+    if args.resume:
+        result = resume_search(args.resume, args.episodes_override, progress=not args.no_progress)
+    else:
+        hp = parse_overrides(args.hp)
+        if args.warmup is not None:
+            hp["warmup_episodes"] = args.warmup
+        config = SearchConfig(
+            env=env_config(args),
+            agent=args.agent,
+            episodes=args.episodes,
+            seed=args.seed,
+            envs=args.envs,
+            hp=hp,
+            runs_dir=args.runs_dir,
+            name=args.name or "",
+        )
+        result = run_search(config, progress=not args.no_progress)
+    best = result["best"]
+    print(f"run: {result['run_dir']}  ({result['episodes']} episodes, {result['seconds'] / 60:.1f} min)")
+    print(
+        f"best policy: episode {best.get('episode')}, search accuracy {best.get('accuracy', 0):.2f} %, "
+        f"FLOPs {best.get('flops_ratio', 0):.3f}, params {best.get('params_ratio', 0):.3f}"
+    )
+    if not args.no_summary:
+        print(summary(result["env"], Path(result["run_dir"])))
+    return 0
+
+
+def summary(env, run_dir: Path) -> str:
+    """Dense vs best policy vs uniform policy at the same budget, on the held-out test images."""
+    from amc.policy import Policy
+    from amc.report import compare, format_table
+
+    backend = env.backend
+    if backend.mode != "channel":
+        return "(summary table: channel mode only)"
+    pruner, scorer = backend.pruner, backend.scorer
+    best = Policy.load(run_dir / "best_policy.json")
+    kept = {"best": [best.kept[u.name] for u in pruner.units]}
+    target = env.config.target
+    if target is not None and env.config.metric != "latency":
+        uniform = uniform_policy(pruner, target, env.config.metric)
+        kept["uniform"] = [uniform.kept[u.name] for u in pruner.units]
+        uniform.save(run_dir / "uniform_policy.json")
+    rows = compare(pruner, scorer.dataset, kept, scorer, "test", env.config.device)
+    text = format_table(rows, f"held-out test images ({len(scorer.dataset.split('test'))}):")
+    (run_dir / "summary.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    return text
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``amc compare``: baseline policies (uniform, sensitivity, random) at a budget."""
+    from amc.envs.config import build_backend
+    from amc.policy import Policy
+    from amc.report import compare, format_table
+
+    config = env_config(args)
+    if config.target is None:
+        raise TargetError("compare needs a budget, e.g. --target flops=0.5")
+    backend = build_backend(config)
+    pruner, scorer = backend.pruner, backend.scorer
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    policies: dict[str, Policy] = {}
+    for name in args.baselines.split(","):
+        if name == "uniform":
+            policies[name] = uniform_policy(pruner, config.target, config.metric, scorer, config.model)
+        elif name == "sensitivity":
+            policies[name] = sensitivity_policy(
+                pruner, scorer, config.target, config.metric, model=config.model
+            )
+        elif name == "random":
+            policies[name] = random_search_policy(
+                pruner,
+                scorer,
+                config.target,
+                config.metric,
+                args.trials,
+                config.max_sparsity,
+                args.seed,
+                config.model,
+            )
+        else:
+            raise ValueError(f"unknown baseline '{name}'; use uniform, sensitivity, random")
+        policies[name].save(out / f"{name}_policy.json")
+    for path in args.policy:
+        policies[Path(path).stem] = Policy.load(path)
+    kept = {n: [p.kept[u.name] for u in pruner.units] for n, p in policies.items()}
+    rows = compare(pruner, scorer.dataset, kept, scorer, "test", config.device)
+    print(
+        format_table(rows, f"{config.model}, target {config.metric}={config.target}, held-out test images:")
+    )
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """``amc apply``: prune a model with a saved policy (or a saved agent), evaluate and save it."""
+    from amc.cli import model_and_data
+    from amc.policy import Policy, apply_policy, save_pruned
+    from amc.scoring import calibration_images
+    from amc.train import evaluate, recalibrate_bn_on
+
+    if bool(args.policy) == bool(args.agent):
+        raise ValueError("give exactly one of --policy (a policy JSON) or --agent (an agent.zip to roll out)")
+    if args.agent:
+        from amc.agents.transfer import rollout_policy
+
+        policy = rollout_policy(args.agent, env_config(args))
+    else:
+        policy = Policy.load(args.policy)
+    model, dataset, _ = model_and_data(args)
+    shape = (1, dataset.in_channels, *dataset.split("test").images.shape[1:3])
+    needs_images = policy.reconstruct or args.recalibrate
+    images = calibration_images(dataset, 1024, seed=7).to(args.device) if needs_images else None
+    dense_top1 = evaluate(model, dataset, "test", device=args.device)["top1"]
+    pruned = apply_policy(model, policy, shape, images[:256] if images is not None else None)
+    if args.recalibrate:
+        recalibrate_bn_on(pruned, images)
+    if args.finetune_epochs:
+        from amc.train import TrainConfig, train
+
+        config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, warmup_epochs=0)
+        train(
+            pruned,
+            dataset,
+            config,
+            Path(args.out) / "finetune",
+            args.device,
+            manifest={"policy": policy.model},
+        )
+    metrics = evaluate(pruned, dataset, "test", device=args.device)
+    out = Path(args.out)
+    save_pruned(pruned, policy, out / "pruned.pt")
+    result = {
+        "dense_top1": dense_top1,
+        "pruned_top1": metrics["top1"],
+        **policy.ratios(),
+        "cost_before": policy.cost_before,
+        "cost_after": policy.cost_after,
+        "finetune_epochs": args.finetune_epochs,
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"dense {dense_top1:.2f} % -> pruned {metrics['top1']:.2f} % on the test split; "
+        f"FLOPs {result.get('flops_ratio', 1):.3f}, params {result.get('params_ratio', 1):.3f}; saved {out}"
+    )
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) -> None:
+    """Register ``search``, ``apply`` and ``compare`` on the ``amc`` parser."""
+    p = sub.add_parser(
+        "search",
+        help="learn per-layer sparsities with an RL agent (AMC)",
+        description="Search a pruning policy with DDPG/TD3/SAC on the pruning environment. "
+        "With no arguments: shipped ResNet-20, bundled CIFAR-10 sample, 50 % FLOPs.",
+    )
+    add_model_args(p, "shipped")
+    add_data_args(p, "sample")
+    add_env_args(p)
+    p.add_argument("--agent", default="ddpg", choices=["ddpg", "td3", "sac"], help="RL agent (default: ddpg)")
+    p.add_argument(
+        "--episodes", type=int, default=250, help="episodes in all, warm-up included (default: 250)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up episodes of random actions (default: the preset's, 100)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the agent (default: 0)")
+    p.add_argument(
+        "--envs", type=int, default=1, help="episodes scored in parallel subprocesses (default: 1)"
+    )
+    p.add_argument(
+        "--hp",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hyper-parameter overrides on the agent preset, e.g. noise_decay=0.98 batch_size=128",
+    )
+    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
+    p.add_argument(
+        "--name", default=None, help="run folder name (default: <model>__<agent>__seed<k>__<time>)"
+    )
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the search in RUN_DIR")
+    p.add_argument(
+        "--episodes-override", type=int, default=None, help="with --resume: new total episode count"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-summary", action="store_true", help="skip the dense/best/uniform table at the end")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "apply",
+        help="prune a model with a saved policy or agent, evaluate, save",
+        description="Apply a policy JSON (or roll out a saved agent.zip on this model), "
+        "optionally fine-tune, evaluate on the test split, save pruned.pt.",
+    )
+    add_model_args(p, "shipped")
+    add_data_args(p, "sample")
+    add_env_args(p)
+    p.add_argument("--policy", default=None, help="policy JSON (e.g. runs/<run>/best_policy.json)")
+    p.add_argument("--agent", default=None, help="agent.zip of an earlier search, rolled out on this model")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs (needs a training split)")
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate (default: 0.01)")
+    p.add_argument("--out", default="runs/apply", help="output folder (default: runs/apply)")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser(
+        "compare",
+        help="baseline policies (uniform, sensitivity, random) at a budget",
+        description="Build baseline policies for the budget and compare them (and any "
+        "--policy files) with the dense model on the held-out test images.",
+    )
+    add_model_args(p, "shipped")
+    add_data_args(p, "sample")
+    add_env_args(p)
+    p.add_argument("--baselines", default="uniform,sensitivity,random", help="comma-separated baselines")
+    p.add_argument("--policy", nargs="*", default=[], help="extra policy JSON files to compare")
+    p.add_argument("--trials", type=int, default=30, help="random-search trials (default: 30)")
+    p.add_argument("--seed", type=int, default=0, help="random-search seed (default: 0)")
+    p.add_argument(
+        "--out", default="runs/compare", help="folder for the baseline policies (default: runs/compare)"
+    )
+    p.set_defaults(func=cmd_compare)
