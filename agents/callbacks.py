@@ -53,6 +53,7 @@ class SearchCallback(BaseCallback):
         self.episodes = int(state.get("episodes", 0))
         self.best: dict = state.get("best", {})
         self.noise, self.progress = noise, progress
+        self.noise_state = noise.state() if noise is not None else None
         self.saved_episodes = self.episodes
         self.t0 = time.time()
         self.elapsed = float(state.get("elapsed", 0.0))
@@ -60,6 +61,10 @@ class SearchCallback(BaseCallback):
         self.bar: tqdm | None = None
 
     def _on_training_start(self) -> None:
+        if self.noise is not None:
+            # learn() resets the noise once before the first episode: that is no episode's end,
+            # so undo it (otherwise sigma decays one episode early, and once more per resume).
+            self.noise.load_state(self.noise_state)
         self.writer = SummaryWriter(str(self.run_dir))
         self.bar = tqdm(
             total=self.total_episodes,

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from amc.cli_bench import add_parser as add_benchmark_parser
 from amc.cli_search import add_parsers
 from amc.data import DATASETS, DatasetError, load_dataset
 from amc.models import MODELS, CheckpointError, ModelError, create_model, read_manifest, shipped_checkpoint
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
     add_parsers(sub, _add_model_args, _add_data_args)
+    add_benchmark_parser(sub)
     return parser
 
 

@@ -31,6 +31,13 @@ def model_signature(pruner: ChannelPruner) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _is_fraction(value: object) -> bool:
+    try:
+        return 0.0 <= float(value) < 1.0
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass
 class Policy:
     """Per-unit sparsities and everything needed to apply them again.
@@ -64,7 +71,9 @@ class Policy:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise PolicyError(f"unknown mode '{self.mode}'; use one of {', '.join(MODES)}")
-        bad = {k: v for k, v in self.sparsities.items() if not 0.0 <= float(v) < 1.0}
+        if not isinstance(self.sparsities, dict):
+            raise PolicyError(f"sparsities must map names to fractions, got {type(self.sparsities).__name__}")
+        bad = {k: v for k, v in self.sparsities.items() if not _is_fraction(v)}
         if bad:
             raise PolicyError(f"sparsities must be in [0, 1): {bad}")
 
@@ -98,7 +107,7 @@ class Policy:
         try:
             data = json.loads(path.read_text())
             return cls(**data)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (TypeError, ValueError) as exc:  # ValueError: bad JSON, bad encoding or a PolicyError
             raise PolicyError(f"{path} is not a policy JSON file: {exc}") from exc
 
     @classmethod

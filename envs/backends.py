@@ -132,8 +132,8 @@ class FineGrainedBackend:
                 c.out_channels,
                 c.in_channels,
                 c.in_hw,
-                c.stride,
-                c.kernel,
+                c.stride[0],
+                c.kernel[0],
                 c.macs,
                 "linear" if c.type == "Linear" else ("depthwise" if c.groups > 1 else "conv"),
             )

@@ -11,8 +11,8 @@ from amc.cost import (
     cache_path,
     count_thop,
     device_key,
-    kept_channels,
     layer_costs,
+    layer_widths,
     measure_latency,
     predicted_vs_measured,
     total_macs,
@@ -154,9 +154,9 @@ def test_latency_table_depthwise_and_linear():
 
 def test_kept_channels_of_a_pruned_model():
     pruned = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 12, 3))
-    assert kept_channels(pruned) == {"0": (3, 8), "2": (8, 12)}
+    assert layer_widths(pruned) == {"0": (3, 8), "2": (8, 12)}
     with pytest.raises(ValueError, match="'1'"):
-        kept_channels(pruned, ["1"])
+        layer_widths(pruned, ["1"])
 
 
 def test_latency_table_json_round_trip(tmp_path):

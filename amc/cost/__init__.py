@@ -17,7 +17,7 @@ from amc.cost.latency import (
     cache_path,
     default_cache_dir,
     device_key,
-    kept_channels,
+    layer_widths,
     measure_latency,
     predicted_vs_measured,
 )
@@ -33,8 +33,8 @@ __all__ = [
     "count_thop",
     "default_cache_dir",
     "device_key",
-    "kept_channels",
     "layer_costs",
+    "layer_widths",
     "measure_latency",
     "predicted_vs_measured",
     "total_macs",

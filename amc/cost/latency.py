@@ -57,7 +57,7 @@ __all__ = [
     "cache_path",
     "default_cache_dir",
     "device_key",
-    "kept_channels",
+    "layer_widths",
     "measure_latency",
     "predicted_vs_measured",
 ]
@@ -381,8 +381,10 @@ def cache_key(
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/amc-pruner/latency`` (``~/.cache/amc-pruner/latency``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amc-pruner" / "latency"
+    """``<amc cache>/latency``: ``$AMC_CACHE_DIR/latency`` or ``~/.cache/amc/latency``."""
+    from amc.data.base import cache_dir
+
+    return cache_dir() / "latency"
 
 
 def cache_path(cache_dir: str | Path, key: Mapping[str, Any]) -> Path:
@@ -558,7 +560,7 @@ class LatencyTable:
         return table
 
 
-def kept_channels(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+def layer_widths(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
     """Current ``(in, out)`` channels of the model's Conv2d/Linear layers (or the named ones).
 
     Applied to a pruned model whose module names match the full model's, this is the ``kept``
@@ -603,7 +605,7 @@ def predicted_vs_measured(
     Returns:
         Predicted and measured (median) latency in ms.
     """
-    predicted = table.predict(kept_channels(model, table.layers))
+    predicted = table.predict(layer_widths(model, table.layers))
     measured = measure_latency(model, input_size, device, warmup, repeats).median_ms
     log.info("latency predicted %.3f ms, measured %.3f ms", predicted, measured)
     return LatencyComparison(predicted, measured)

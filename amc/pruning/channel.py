@@ -127,7 +127,8 @@ class ChannelPruner:
         self.reset()
         removed = self.removed_channels(kept)
         example = torch.zeros(self.graph.input_shape, device=next(pruned.parameters()).device)
-        graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
+        with torch.enable_grad():  # torch-pruning traces through autograd
+            graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
         modules = dict(pruned.named_modules())
         for unit, rem in zip(self.units, removed, strict=True):
             if not rem:

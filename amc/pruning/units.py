@@ -216,7 +216,8 @@ def find_units(model: nn.Module, x: Tensor, shapes: dict) -> list[PruningUnit]:
     names = {m: n for n, m in modules.items()}
     order = list(shapes)
     heads = [n for n in reversed(order) if isinstance(modules[n], (nn.Conv2d, nn.Linear))][:1]
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    with torch.enable_grad():  # torch-pruning traces through autograd
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     groups = graph.get_all_groups(
         ignored_layers=[modules[h] for h in heads], root_module_types=(nn.Conv2d, nn.Linear)
     )

@@ -1,0 +1,127 @@
+"""Benchmarks behind ``amc benchmark`` (ratios against a baseline in the same run, medians).
+
+* ``overhead``: one search episode (pseudo-prune to a random policy, score N images)
+  divided by a plain dense forward pass over the same images; alternated, median.
+* ``speedup``: physical pruning to 50 % FLOPs (uniform policy): measured latency speed-up
+  divided by the FLOPs speed-up (1.0 = the physical limit).
+* ``latency``: the per-layer latency table's prediction beside the measured latency.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from amc.baselines import cost_ratio_fn, solve_uniform
+from amc.cost import measure_latency
+from amc.pruning.channel import ChannelPruner
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def episode_overhead(
+    model: nn.Module, images: torch.Tensor, repeats: int = 7, seed: int = 0, batch_size: int = 500
+) -> dict[str, float]:
+    """Median time of a pseudo-pruned episode over a dense forward pass on the same images."""
+    pruner = ChannelPruner(model, (1, *images.shape[1:]))
+    rng = np.random.default_rng(seed)
+
+    @torch.no_grad()
+    def dense() -> None:
+        for x in images.split(batch_size):
+            model(x)
+
+    @torch.no_grad()
+    def episode() -> None:
+        pruner.apply(pruner.kept_for(rng.uniform(0, 0.8, len(pruner.units)).tolist()))
+        for x in images.split(batch_size):
+            model(x).argmax(1)
+
+    model.eval()
+    dense()
+    ratios, t_dense, t_episode = [], [], []
+    for _ in range(repeats):  # alternate, so drift in machine load hits both alike
+        d = _median_time(dense, 1)[0]
+        e = _median_time(episode, 1)[0]
+        t_dense.append(d)
+        t_episode.append(e)
+        ratios.append(e / d)
+    pruner.reset()
+    return {
+        "dense_s": statistics.median(t_dense),
+        "episode_s": statistics.median(t_episode),
+        "ratio": statistics.median(ratios),
+        "images": len(images),
+    }
+
+
+def pruning_speedup(
+    model: nn.Module,
+    target: float = 0.5,
+    batch: int = 32,
+    repeats: int = 30,
+    input_hw: tuple[int, int] = (32, 32),
+) -> dict[str, float]:
+    """Latency speed-up of the physically pruned model over its FLOPs speed-up.
+
+    The policy is uniform at ``target`` FLOPs; latencies are measured in alternating blocks
+    and the medians compared.
+    """
+    shape = (1, 3, *input_hw)
+    pruner = ChannelPruner(model, shape)
+    kept = pruner.kept_for(solve_uniform(pruner, target, cost_ratio_fn(pruner, "flops")))
+    small = pruner.export(kept)
+    flops_speedup = pruner.cost.macs() / pruner.cost.macs(kept)
+    size = (batch, 3, *input_hw)
+    dense_ms, pruned_ms = [], []
+    for _ in range(5):  # alternate measurement blocks
+        dense_ms.append(measure_latency(model, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
+        pruned_ms.append(measure_latency(small, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
+    latency_speedup = statistics.median(dense_ms) / statistics.median(pruned_ms)
+    return {
+        "dense_ms": statistics.median(dense_ms),
+        "pruned_ms": statistics.median(pruned_ms),
+        "latency_speedup": latency_speedup,
+        "flops_speedup": flops_speedup,
+        "ratio": latency_speedup / flops_speedup,
+        "batch": batch,
+    }
+
+
+def latency_prediction(
+    model: nn.Module,
+    target: float = 0.5,
+    batch: int = 32,
+    round_to: int = 8,
+    input_hw: tuple[int, int] = (32, 32),
+) -> dict[str, float]:
+    """The latency table's prediction for the uniformly pruned model beside its measured latency."""
+    from amc.cost import LatencyTable, predicted_vs_measured
+
+    shape = (batch, 3, *input_hw)
+    pruner = ChannelPruner(model, (1, 3, *input_hw), round_to=round_to)
+    kept = pruner.kept_for(solve_uniform(pruner, target, cost_ratio_fn(pruner, "flops")))
+    small = pruner.export(kept)
+    table = LatencyTable.build(model, shape, round_to=round_to, repeats=10, warmup=3)
+    dense = predicted_vs_measured(model, table, shape)
+    pruned = predicted_vs_measured(small, table, shape)
+    return {
+        "dense_predicted_ms": dense.predicted_ms,
+        "dense_measured_ms": dense.measured_ms,
+        "pruned_predicted_ms": pruned.predicted_ms,
+        "pruned_measured_ms": pruned.measured_ms,
+        "predicted_speedup": dense.predicted_ms / pruned.predicted_ms,
+        "measured_speedup": dense.measured_ms / pruned.measured_ms,
+    }

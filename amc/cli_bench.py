@@ -1,0 +1,99 @@
+"""``amc benchmark``: the measurements quoted in the README, as commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from amc.benchmark import episode_overhead, latency_prediction, pruning_speedup
+from amc.data import load_dataset
+from amc.data.base import to_tensor
+from amc.models import create_model, read_manifest, shipped_checkpoint
+
+
+def _model(name: str, checkpoint: str) -> torch.nn.Module:
+    if checkpoint == "shipped":
+        try:
+            path = shipped_checkpoint(name)
+            return create_model(name, width=read_manifest(path).get("width", 1.0), checkpoint=path)
+        except ValueError:
+            pass  # no shipped checkpoint: timing does not depend on the weights
+    return create_model(name)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Run one benchmark and print its table (and JSON with --json)."""
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    results = {}
+    if args.what == "overhead":
+        data = load_dataset("sample")
+        search = data.split("search")
+        images = to_tensor(search.images[: args.images], data.mean, data.std)
+        for name in args.models:
+            results[name] = episode_overhead(_model(name, args.checkpoint), images, args.repeats)
+            r = results[name]
+            print(
+                f"{name:<14} dense {r['dense_s']:.3f} s  episode {r['episode_s']:.3f} s  "
+                f"ratio {r['ratio']:.3f}  ({r['images']} images, median of {args.repeats})"
+            )
+    elif args.what == "speedup":
+        for name in args.models:
+            results[name] = pruning_speedup(
+                _model(name, args.checkpoint), args.target, args.batch, args.repeats
+            )
+            r = results[name]
+            print(
+                f"{name:<14} latency {r['dense_ms']:.2f} -> {r['pruned_ms']:.2f} ms "
+                f"(x{r['latency_speedup']:.2f}), "
+                f"FLOPs x{r['flops_speedup']:.2f}, ratio {r['ratio']:.3f} (batch {r['batch']})"
+            )
+    elif args.what == "latency":
+        for name in args.models:
+            results[name] = latency_prediction(_model(name, args.checkpoint), args.target, args.batch)
+            r = results[name]
+            print(
+                f"{name:<14} dense predicted {r['dense_predicted_ms']:.2f} / "
+                f"measured {r['dense_measured_ms']:.2f} ms; pruned predicted "
+                f"{r['pruned_predicted_ms']:.2f} / measured {r['pruned_measured_ms']:.2f} ms"
+            )
+    else:  # envs
+        from amc.agents.parallel import episodes_per_second
+        from amc.envs.config import EnvConfig
+
+        config = EnvConfig(model=args.models[0], search_images=args.images, threads=args.threads)
+        one = episodes_per_second(config, 1, args.episodes)
+        many = episodes_per_second(config, args.envs, args.episodes)
+        results = {"envs_1": one, f"envs_{args.envs}": many, "speedup": many / one}
+        print(f"episodes/s: 1 env {one:.3f}, {args.envs} envs {many:.3f}, speed-up x{many / one:.2f}")
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``amc benchmark``."""
+    p = sub.add_parser(
+        "benchmark",
+        help="measure episode overhead, pruning speed-up, latency prediction",
+        description="Benchmarks quoted in the README. Ratios are against a baseline measured "
+        "in the same run (alternated), medians.",
+    )
+    p.add_argument(
+        "what",
+        choices=["overhead", "speedup", "latency", "envs"],
+        help="overhead: pseudo-pruned episode / dense forward; speedup: latency vs FLOPs speed-up "
+        "at 50%% FLOPs; latency: table prediction vs measurement; envs: parallel episodes",
+    )
+    p.add_argument("--models", nargs="+", default=["resnet20"], help="zoo models (default: resnet20)")
+    p.add_argument("--checkpoint", default="shipped", help="'shipped' (if any) or 'none'")
+    p.add_argument("--images", type=int, default=2000, help="images per episode (default: 2000)")
+    p.add_argument("--repeats", type=int, default=7, help="repetitions (default: 7)")
+    p.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the pruned model (default: 0.5)")
+    p.add_argument("--batch", type=int, default=32, help="batch size of latency measurements (default: 32)")
+    p.add_argument("--envs", type=int, default=2, help="parallel environments for 'envs' (default: 2)")
+    p.add_argument("--episodes", type=int, default=8, help="timed episodes for 'envs' (default: 8)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.set_defaults(func=cmd_benchmark)

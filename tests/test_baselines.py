@@ -1,0 +1,168 @@
+"""Baseline policies: uniform, sensitivity analysis and random search meet their budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amc.baselines import (
+    TargetError,
+    cost_ratio_fn,
+    fit_to_target,
+    random_search_policy,
+    sensitivity_policy,
+    solve_uniform,
+    uniform_policy,
+)
+from amc.data.base import Dataset, ImageArrays
+from amc.models import create_model
+from amc.pruning.channel import ChannelPruner
+from amc.scoring import Scorer, ScoringConfig
+
+EPS = 1e-6  # well above the bisection's resolution (0.95 / 2**40), far below one channel's step
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    rng = np.random.default_rng(0)
+    search = ImageArrays(
+        rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 200).astype(np.int64)
+    )
+    return Dataset(
+        name="synthetic",
+        classes=[str(i) for i in range(10)],
+        splits={"search": search},
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+
+
+@pytest.fixture(scope="module")
+def pruner() -> ChannelPruner:
+    torch.manual_seed(0)
+    return ChannelPruner(create_model("resnet20", width=0.5))
+
+
+@pytest.fixture(scope="module")
+def scorer(dataset) -> Scorer:
+    return Scorer(dataset, ScoringConfig(images=100))
+
+
+def ratio(pruner: ChannelPruner, sparsities, metric: str = "flops") -> float:
+    return cost_ratio_fn(pruner, metric)(pruner.kept_for(list(sparsities)))
+
+
+def test_scorer_scores_the_configured_slice(scorer, pruner):
+    assert len(scorer.labels) == 100
+    acc = scorer.evaluate(pruner.model)
+    assert 0.0 <= acc <= 100.0 and acc == int(acc)  # percent of exactly 100 images
+
+
+@pytest.mark.parametrize("metric", ["flops", "params"])
+@pytest.mark.parametrize("target", [0.9, 0.5, 0.3])
+def test_uniform_meets_target_with_least_pruning(pruner, metric, target):
+    policy = uniform_policy(pruner, target, metric=metric, model="resnet20")
+    n = len(pruner.units)
+    values = list(policy.sparsities.values())
+    assert len(values) == n and len(set(values)) == 1
+    exact = solve_uniform(pruner, target, cost_ratio_fn(pruner, metric))[0]
+    assert 0.0 < exact < 0.95 and values[0] == pytest.approx(exact, abs=1e-6)  # stored rounded
+    kept = pruner.kept_for([exact] * n)
+    assert policy.kept == dict(zip(pruner.unit_names, kept, strict=True))
+    achieved = cost_ratio_fn(pruner, metric)(kept)
+    assert achieved <= target
+    label = {"flops": "flops_ratio", "params": "params_ratio"}[metric]
+    assert policy.ratios()[label] == pytest.approx(achieved)
+    # the smallest such sparsity: a slightly smaller one keeps more channels and misses the target
+    assert ratio(pruner, [exact - EPS] * n, metric) > target
+    assert policy.metrics == {"baseline": "uniform"} and policy.model == "resnet20"
+
+
+def test_uniform_target_one_prunes_nothing(pruner):
+    policy = uniform_policy(pruner, 1.0)
+    assert policy.kept == {u.name: u.channels for u in pruner.units}
+    assert policy.ratios() == {"flops_ratio": 1.0, "params_ratio": 1.0}
+
+
+def test_unreachable_target_raises(pruner, scorer):
+    with pytest.raises(TargetError, match=r"unreachable") as info:
+        uniform_policy(pruner, 0.001)
+    assert "0.001" in str(info.value)
+    with pytest.raises(TargetError, match="unreachable"):
+        sensitivity_policy(pruner, scorer, 0.001, levels=(0.5, 0.9))
+    with pytest.raises(TargetError, match="unreachable"):
+        random_search_policy(pruner, scorer, 0.001, trials=2)
+    pruner.reset()
+
+
+@pytest.mark.parametrize("target", [0.0, -0.5, 1.01, 2.0])
+def test_target_outside_unit_interval_raises(pruner, scorer, target):
+    with pytest.raises(TargetError, match=r"\(0, 1\]"):
+        uniform_policy(pruner, target)
+    with pytest.raises(TargetError, match=r"\(0, 1\]"):
+        sensitivity_policy(pruner, scorer, target)
+    with pytest.raises(TargetError, match=r"\(0, 1\]"):
+        random_search_policy(pruner, scorer, target, trials=1)
+
+
+def test_unknown_metric_raises(pruner):
+    with pytest.raises(TargetError, match="latency"):
+        uniform_policy(pruner, 0.5, metric="latency")
+
+
+def test_uniform_records_accuracy_with_a_scorer(pruner, scorer):
+    policy = uniform_policy(pruner, 0.5, scorer=scorer)
+    assert 0.0 <= policy.metrics["accuracy"] <= 100.0
+    assert policy.ratios()["flops_ratio"] <= 0.5
+
+
+def test_sensitivity_policy_meets_target(pruner, scorer):
+    dense = {k: v.clone() for k, v in pruner.model.state_dict().items()}
+    policy = sensitivity_policy(pruner, scorer, 0.5, levels=(0.2, 0.4, 0.6, 0.8), model="resnet20")
+    assert list(policy.sparsities) == pruner.unit_names
+    assert set(policy.sparsities.values()) <= {0.0, 0.2, 0.4, 0.6, 0.8}
+    assert ratio(pruner, policy.sparsities.values()) <= 0.5
+    assert policy.ratios()["flops_ratio"] <= 0.5
+    assert policy.metrics["baseline"] == "sensitivity"
+    assert 0.0 <= policy.metrics["accuracy"] <= 100.0 and "threshold" in policy.metrics
+    assert all(torch.equal(v, dense[k]) for k, v in pruner.model.state_dict().items()), "left dense"
+
+
+@pytest.mark.parametrize("metric", ["flops", "params"])
+def test_random_search_policy_meets_target(pruner, scorer, metric):
+    policy = random_search_policy(pruner, scorer, 0.5, metric=metric, trials=4, seed=1, model="resnet20")
+    values = np.array(list(policy.sparsities.values()))
+    assert values.min() >= 0.0 and values.max() <= 0.8 + 1e-6
+    kept = [policy.kept[name] for name in pruner.unit_names]
+    assert cost_ratio_fn(pruner, metric)(kept) <= 0.5
+    assert policy.ratios()[f"{metric}_ratio"] <= 0.5
+    assert policy.metrics["baseline"] == "random" and policy.metrics["trials"] == 4
+    assert 0.0 <= policy.metrics["accuracy"] <= 100.0
+    again = random_search_policy(pruner, scorer, 0.5, metric=metric, trials=4, seed=1)
+    assert again.sparsities == policy.sparsities, "seeded"
+
+
+def test_fit_to_target_shifts_all_units(pruner):
+    cost = cost_ratio_fn(pruner)
+    raw = np.linspace(0.0, 0.6, len(pruner.units))
+    fitted = np.array(fit_to_target(pruner, raw, 0.4, cost))
+    assert cost(pruner.kept_for(fitted.tolist())) <= 0.4
+    inner = (fitted > 0) & (fitted < 0.8)
+    offsets = fitted[inner] - raw[inner]
+    assert np.allclose(offsets, offsets[0]), "one common offset"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Policy.from_kept rounds sparsities to 6 decimals; the baselines bisect to just above a "
+    "channel-count boundary, so the stored sparsities often map back to fewer removed channels "
+    "than policy.kept (apply_policy uses kept, so applied policies are right)",
+)
+def test_stored_sparsities_reproduce_kept(pruner, scorer):
+    for policy in (
+        uniform_policy(pruner, 0.3),
+        uniform_policy(pruner, 0.3, metric="params"),
+        random_search_policy(pruner, scorer, 0.5, metric="params", trials=4, seed=1),
+    ):
+        assert pruner.kept_for(list(policy.sparsities.values())) == list(policy.kept.values())
