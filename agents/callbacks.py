@@ -143,11 +143,12 @@ class SearchCallback(BaseCallback):
         self.writer.add_text("best/policy_table", policy_table(policy.sparsities, policy.kept), ep)
 
     def checkpoint(self) -> None:
-        """Save agent, replay buffer and state (``state.json`` last, so a crash leaves the old one)."""
+        """Save agent, replay buffer and state: all three written aside, then renamed in a row."""
         if self.episodes == self.saved_episodes:
             return
-        self.model.save(self.run_dir / "agent.zip")
-        self.model.replay_buffer.save_npz(self.run_dir / "buffer.npz")
+        run = self.run_dir
+        self.model.save(run / "agent.tmp.zip")
+        self.model.replay_buffer.save_npz(run / "buffer.tmp.npz")
         state = {
             "episodes": self.episodes,
             "best": self.best,
@@ -155,9 +156,9 @@ class SearchCallback(BaseCallback):
             "noise": self.noise.state() if self.noise is not None else None,
             "elapsed": self.elapsed + time.time() - self.t0,
         }
-        tmp = self.run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.run_dir / "state.json")
+        (run / "state.tmp.json").write_text(json.dumps(state, indent=1))
+        for name in ("agent.zip", "buffer.npz", "state.json"):  # state last: it vouches for the others
+            (run / name.replace(".", ".tmp.", 1)).replace(run / name)
         self.saved_episodes = self.episodes
         if self.writer is not None:
             self.writer.flush()

@@ -105,7 +105,9 @@ def make_agent(
     kwargs: dict[str, Any] = {
         "learning_starts": warmup * n_units,
         "buffer_size": int(amc.get("buffer_transitions", 2000)),
-        "train_freq": (1, "episode"),
+        # After every episode; parallel envs run in lockstep (same unit count), and SB3 allows
+        # episode-based frequencies with one env only, so count their steps instead.
+        "train_freq": (1, "episode") if n_envs == 1 else (n_units, "step"),
         "gradient_steps": -1,
         "replay_buffer_class": EpisodeRewardReplayBuffer,
         "replay_buffer_kwargs": {"baseline_alpha": float(amc.get("baseline_alpha", 0.5))},

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 
 
-class DecayingTruncatedNormalNoise(ActionNoise):
+class DecayingTruncatedNormalNoise(VectorizedActionNoise):
     """Zero-mean normal noise truncated at ``±bound`` sigmas, whose sigma shrinks per episode.
 
     Stable-baselines3 adds the sample to the actor's action and clips to the action space;
     :meth:`reset` is called at the end of every episode and multiplies sigma by ``decay``
     once the ``warmup_episodes`` (uniform random actions, no noise) are over.
+
+    One object serves all ``n_envs`` parallel environments (independent samples, one shared
+    sigma that decays once per finished episode). It derives from
+    :class:`~stable_baselines3.common.noise.VectorizedActionNoise` so that stable-baselines3
+    does not wrap it in per-environment copies, whose state the search could not checkpoint.
 
     Args:
         sigma: Initial standard deviation (in the [-1, 1] action scale).
@@ -33,7 +38,7 @@ class DecayingTruncatedNormalNoise(ActionNoise):
         seed: int | None = None,
         n_envs: int = 1,
     ):
-        super().__init__()
+        ActionNoise.__init__(self)  # not VectorizedActionNoise's: no per-env copies
         self.n_envs = n_envs
         self.sigma0, self.sigma, self.decay = sigma, sigma, decay
         self.warmup_episodes, self.bound, self.size = warmup_episodes, bound, size

@@ -24,7 +24,7 @@ def episodes_per_second(config: EnvConfig, n_envs: int, episodes: int, seed: int
     if n_envs == 1:
         vec = DummyVecEnv([lambda: PruningEnv(cfg)])
     else:
-        vec = SubprocVecEnv([lambda: PruningEnv(cfg) for _ in range(n_envs)], start_method="fork")
+        vec = SubprocVecEnv([lambda: PruningEnv(cfg) for _ in range(n_envs)], start_method="spawn")
     rng = np.random.default_rng(seed)
     try:
         vec.reset()

@@ -71,7 +71,7 @@ def _make_vec_env(config: SearchConfig, first: PruningEnv) -> VecEnv:
         return DummyVecEnv([lambda: first])
     env_config = EnvConfig(**{**asdict(config.env), "threads": max(1, config.env.threads)})
     return SubprocVecEnv(
-        [lambda c=env_config: PruningEnv(c) for _ in range(config.envs)], start_method="fork"
+        [lambda c=env_config: PruningEnv(c) for _ in range(config.envs)], start_method="spawn"
     )
 
 

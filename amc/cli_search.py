@@ -82,6 +82,8 @@ def env_config(args: argparse.Namespace):
         dataset=args.dataset,
         data=args.data,
         split_seed=args.split_seed,
+        search_size=args.search_size,
+        download=args.download,
         mode=args.mode,
         metric=metric,
         target=target,

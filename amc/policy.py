@@ -116,7 +116,7 @@ class Policy:
         macs0, params0 = pruner.cost.cost()
         macs, params = pruner.cost.cost(kept)
         return cls(
-            sparsities={u.name: round(float(s), 6) for u, s in zip(pruner.units, sparsities, strict=True)},
+            sparsities={u.name: float(s) for u, s in zip(pruner.units, sparsities, strict=True)},
             criterion=pruner.criterion,
             reconstruct=pruner.reconstructor is not None,
             round_to=pruner.round_to,

@@ -168,7 +168,7 @@ class FineGrainedBackend:
         """The fine-grained :class:`Policy` for ``sparsities``."""
         costs = self.costs(sparsities)
         return Policy(
-            sparsities={n: round(float(s), 6) for n, s in zip(self.layers, sparsities, strict=True)},
+            sparsities={n: float(s) for n, s in zip(self.layers, sparsities, strict=True)},
             mode="finegrained",
             model=self.model_name,
             cost_before={"macs": int(self.total_macs), "params": int(self.total_params)},

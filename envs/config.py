@@ -28,6 +28,8 @@ class EnvConfig:
         dataset: Dataset name (``sample`` is the bundled CIFAR-10 sample).
         data: Dataset files, if the dataset needs them.
         split_seed: Search hold-out seed (taken from the checkpoint manifest when present).
+        search_size: Training images held out as the search split.
+        download: Download the official CIFAR archive when missing.
         mode: ``channel`` (structured) or ``finegrained`` (magnitude).
         metric: Budgeted resource: ``flops``, ``params`` or ``latency``.
         target: Budget as a ratio of the dense cost; ``None`` disables the action wall.
@@ -49,6 +51,8 @@ class EnvConfig:
     dataset: str = "sample"
     data: str | None = None
     split_seed: int = 0
+    search_size: int = 5000
+    download: bool = False
     mode: str = "channel"
     metric: str = "flops"
     target: float | None = 0.5
@@ -80,7 +84,13 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
     if checkpoint == "shipped":
         checkpoint = str(shipped_checkpoint(config.model))
     manifest = read_manifest(checkpoint) if checkpoint else {}
-    dataset = load_dataset(config.dataset, config.data, manifest.get("split_seed", config.split_seed))
+    dataset = load_dataset(
+        config.dataset,
+        config.data,
+        manifest.get("split_seed", config.split_seed),
+        config.search_size,
+        config.download,
+    )
     width = config.width if config.width is not None else manifest.get("width", 1.0)
     model = create_model(config.model, dataset.num_classes, width, checkpoint, dataset.in_channels)
     model.to(config.device)

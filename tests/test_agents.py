@@ -8,14 +8,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from stable_baselines3 import DDPG, SAC, TD3
-
 from amc.agents.buffer import EpisodeRewardReplayBuffer
 from amc.agents.factory import AMCPolicy, ScaledAdam, load_preset, make_agent, parse_overrides
 from amc.agents.noise import DecayingTruncatedNormalNoise
-from amc.data import Dataset, ImageArrays
 from amc.envs.backends import ChannelBackend
 from amc.envs.pruning_env import PruningEnv
+from stable_baselines3 import DDPG, SAC, TD3
+
+from amc.data import Dataset, ImageArrays
 from amc.models import create_model
 from amc.pruning.channel import ChannelPruner
 from amc.scoring import Scorer, ScoringConfig
@@ -172,7 +172,10 @@ def test_buffer_falls_back_to_the_proposed_action_without_info():
 def test_buffer_keeps_episodes_of_parallel_envs_apart():
     buf = make_buffer(n_envs=2)
     for t in range(3):
-        infos = [{"applied_action": np.array([0.1 * t], np.float32)}, {"applied_action": np.array([-0.1 * t])}]
+        infos = [
+            {"applied_action": np.array([0.1 * t], np.float32)},
+            {"applied_action": np.array([-0.1 * t])},
+        ]
         obs = np.array([[t, 0, 0], [10 + t, 0, 0]], np.float32)
         done = np.array([t == 2, False])
         buf.add(obs, obs + 1, np.zeros((2, 1), np.float32), np.array([-0.5, 0.0]), done, infos)
@@ -252,6 +255,8 @@ def test_parse_overrides():
         "s": "abc",
     }
     assert parse_overrides([]) == {}
+    tau = parse_overrides(["tau=5e-3"])["tau"]  # YAML 1.1 alone would give the string '5e-3'
+    assert isinstance(tau, float) and tau == 0.005
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["novalue"])
 
@@ -293,9 +298,13 @@ def test_scaled_adam_moves_like_adam_with_a_scaled_lr():
 def env() -> PruningEnv:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 32, 32, 3)).astype(np.uint8)
-    ds = Dataset("synthetic", list("abcd"), {"search": ImageArrays(images, np.arange(40) % 4)}, (0.5,) * 3, (0.25,) * 3)
+    ds = Dataset(
+        "synthetic", list("abcd"), {"search": ImageArrays(images, np.arange(40) % 4)}, (0.5,) * 3, (0.25,) * 3
+    )
     torch.manual_seed(0)
-    backend = ChannelBackend(ChannelPruner(create_model("resnet20", 4, 0.25)), Scorer(ds, ScoringConfig(images=16)))
+    backend = ChannelBackend(
+        ChannelPruner(create_model("resnet20", 4, 0.25)), Scorer(ds, ScoringConfig(images=16))
+    )
     return PruningEnv(backend=backend, target=0.5)
 
 
@@ -343,5 +352,5 @@ def test_ddpg_critic_learns_ten_times_faster(env):
 
 
 def test_make_agent_with_vectorised_noise(env):
-    agent, noise = make_agent("ddpg", env, load_preset("ddpg"), env.n, n_envs=2)
+    _, noise = make_agent("ddpg", env, load_preset("ddpg"), env.n, n_envs=2)
     assert noise.n_envs == 2 and noise().shape == (2, 1)

@@ -11,16 +11,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
-import amc.envs  # registers the environments
-from amc.data import Dataset, ImageArrays
 from amc.envs.backends import ChannelBackend, FineGrainedBackend
 from amc.envs.config import EnvConfig
 from amc.envs.embedding import FEATURES
 from amc.envs.pruning_env import PruningEnv
 from amc.envs.rewards import REWARDS, get_reward, register_reward
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from amc.data import Dataset, ImageArrays
 from amc.models import MODELS, create_model
 from amc.policy import Policy
 from amc.pruning.channel import ChannelPruner
@@ -122,7 +121,7 @@ def test_finegrained_env_passes_gymnasium_and_sb3_checkers(fg_backend):
     env = PruningEnv(backend=fg_backend, mode="finegrained", reward="acc_params", target=None)
     checked(gym_check_env, env)
     checked(sb3_check_env, env)
-    _, rewards, infos = run_episode(env, seed=0)
+    _, _, infos = run_episode(env, seed=0)
     assert infos[-1]["flops_ratio"] < 1.0
     assert Policy(**json.loads(infos[-1]["policy_json"])).mode == "finegrained"
 
@@ -141,7 +140,7 @@ def test_gymnasium_make_with_a_backend(backend, fg_backend):
     assert env.unwrapped.config.target == 0.5
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
-    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    _, reward, terminated, _, info = env.step(env.action_space.sample())
     assert not terminated and reward == 0.0 and "applied_action" in info
     env.close()
 
@@ -160,10 +159,10 @@ def test_gymnasium_make_builds_from_the_bundled_sample():
     assert inner.config.model == "resnet20" and inner.config.dataset == "sample"
     assert len(inner.backend.scorer.labels) == 32
     env.action_space.seed(0)
-    obs, _ = env.reset(seed=0)
+    env.reset(seed=0)
     done = False
     while not done:
-        obs, reward, done, _, info = env.step(env.action_space.sample())
+        _, _, done, _, info = env.step(env.action_space.sample())
     assert info["flops_ratio"] <= 0.5
     assert 0.0 <= info["accuracy"] <= 100.0
     assert time.time() - start < 60
@@ -313,7 +312,7 @@ def test_wall_never_overshoots_when_the_budget_is_met_early(backend):
     env = PruningEnv(backend=backend, target=0.5)
     env.reset()
     while len(env._decided) < env.n:
-        _, _, done, _, info = env.step(np.array([1.0], dtype=np.float32))
+        *_, info = env.step(np.array([1.0], dtype=np.float32))
     # Pruning everything as much as allowed stops at the budget instead of going further.
     assert 0.4 < info["flops_ratio"] <= 0.5
 

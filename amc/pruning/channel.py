@@ -28,15 +28,19 @@ log = logging.getLogger(__name__)
 
 
 def kept_channels(channels: int, sparsity: float, round_to: int = 1) -> int:
-    """Channels kept at ``sparsity``: rounded to a multiple of ``round_to``, at least one step.
+    """Channels kept at ``sparsity``: the nearest multiple of ``round_to`` (or all channels).
 
-    Never zero and never more than ``channels``; a unit narrower than ``round_to`` keeps all.
+    Never zero and never more than ``channels``; sparsity 0 keeps every channel, and a unit
+    narrower than ``round_to`` keeps all. Ties go to the wider option.
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     step = min(round_to, channels)
-    kept = round(channels * (1.0 - sparsity) / step) * step
-    return int(min(channels, max(step, kept)))
+    wanted = channels * (1.0 - sparsity)
+    lower = int(wanted // step) * step
+    upper = min(channels, lower + step)
+    kept = upper if upper - wanted <= wanted - lower else lower
+    return max(step, kept)
 
 
 class ChannelPruner:

@@ -1,0 +1,386 @@
+"""The search runner: run folders, TensorBoard records, resume after a kill, transfer, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from amc.agents.factory import AMCPolicy, ScaledAdam
+from amc.agents.search import SearchConfig, resume_search, run_search
+from amc.agents.transfer import rollout_policy
+from amc.envs.config import EnvConfig
+from amc.envs.rewards import REWARDS
+from stable_baselines3 import DDPG
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from amc.cli import build_parser, main
+from amc.policy import Policy
+
+SIGMA, DECAY, WARMUP = 0.5, 0.95, 3  # the DDPG preset's noise, with a 3-episode warm-up
+EPISODE_TAGS = ("episode/reward", "episode/accuracy", "episode/flops_ratio", "episode/params_ratio")
+CSV_COLUMN = {
+    "episode/reward": "reward",
+    "episode/accuracy": "accuracy",
+    "episode/flops_ratio": "flops_ratio",
+    "episode/params_ratio": "params_ratio",
+}
+
+
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory) -> Path:
+    """One decoded copy of the bundled sample for this module (decoding it takes seconds)."""
+    return tmp_path_factory.mktemp("sample-cache")
+
+
+@pytest.fixture(autouse=True)
+def _shared_sample_cache(_isolated_cache, sample_cache, monkeypatch) -> None:
+    monkeypatch.setenv("AMC_CACHE_DIR", str(sample_cache))
+
+
+def tiny_env(**overrides) -> EnvConfig:
+    """An untrained width-0.25 ResNet-20 on the bundled sample, scored on 32 images."""
+    settings = dict(model="resnet20", checkpoint="none", width=0.25, search_images=32)
+    return EnvConfig(**{**settings, **overrides})
+
+
+def tiny_search(runs_dir: Path, name: str, episodes: int, **overrides) -> SearchConfig:
+    hp = {"warmup_episodes": WARMUP, "batch_size": 8}
+    return SearchConfig(
+        env=tiny_env(), episodes=episodes, hp=hp, runs_dir=str(runs_dir), name=name, **overrides
+    )
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_events(run_dir: Path) -> EventAccumulator:
+    guidance = {
+        "scalars": 0,
+        "images": 0,
+        "histograms": 0,
+        "tensors": 0,
+        "compressedHistograms": 0,
+        "audio": 0,
+    }
+    events = EventAccumulator(str(run_dir), size_guidance=guidance)
+    events.Reload()
+    return events
+
+
+def expected_sigma(episodes: int) -> float:
+    """Sigma after ``episodes`` finished episodes: constant during the warm-up, then decaying."""
+    return SIGMA * DECAY ** max(0, episodes - WARMUP)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, sample_cache) -> tuple[Path, dict]:
+    """A complete 6-episode DDPG search (3 warm-up episodes, then 3 with training)."""
+    runs = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMC_CACHE_DIR", str(sample_cache))
+        result = run_search(tiny_search(runs, "run", 6), progress=False)
+    return runs / "run", result
+
+
+# --- the run folder ------------------------------------------------------------------------------
+
+
+def test_run_folder_contents(finished_run):
+    run_dir, result = finished_run
+    assert result["run_dir"] == str(run_dir) and result["episodes"] == 6
+    for name in ("config.yaml", "command.txt", "episodes.csv", "best_policy.json", "agent.zip"):
+        assert (run_dir / name).is_file(), name
+    for name in ("buffer.npz", "state.json"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert not list(run_dir.glob("*.tmp*"))
+
+    config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert config.episodes == 6 and config.agent == "ddpg" and config.name == "run"
+    assert config.env == tiny_env()
+    assert config.hp == {"warmup_episodes": WARMUP, "batch_size": 8}
+    assert (run_dir / "command.txt").read_text().strip()
+
+    rows = read_rows(run_dir / "episodes.csv")
+    assert [int(r["episode"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    header = next(csv.reader((run_dir / "episodes.csv").open()))
+    units = header[6:]
+    assert header[:6] == ["episode", "reward", "accuracy", "flops_ratio", "params_ratio", "latency_ratio"]
+    assert len(units) == 12
+    for r in rows:
+        assert float(r["flops_ratio"]) <= 0.5
+        assert float(r["reward"]) == pytest.approx(float(r["accuracy"]) / 100 - 1, abs=1e-5)
+        assert all(0.0 <= float(r[u]) <= 0.8 for u in units)
+
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["episodes"] == 6 and state["num_timesteps"] == 6 * 12
+    assert state["noise"]["episodes"] == 6
+    assert state["noise"]["sigma"] == pytest.approx(expected_sigma(6))
+    best_row = max(rows, key=lambda r: float(r["reward"]))  # first of equals, as the search keeps
+    assert state["best"]["episode"] == int(best_row["episode"])
+    assert state["best"]["reward"] == pytest.approx(float(best_row["reward"]), abs=1e-6)
+    assert result["best"] == state["best"]
+
+    policy = Policy.load(run_dir / "best_policy.json")
+    assert policy.metrics["episode"] == state["best"]["episode"]
+    assert policy.metrics["accuracy"] == pytest.approx(float(best_row["accuracy"]), abs=1e-4)
+    assert list(policy.sparsities) == units
+    assert policy.ratios()["flops_ratio"] <= 0.5 and policy.model == "resnet20"
+
+    with np.load(run_dir / "buffer.npz") as z:
+        pos, full, episodes, baseline = z["meta"]
+        assert (pos, full, episodes) == (72, 0, 6) and np.isfinite(baseline)
+        assert z["dones"][:72, 0].sum() == 6 and z["dones"][11, 0] == 1
+
+
+def test_agent_zip_loads_with_ddpg(finished_run):
+    run_dir, _ = finished_run
+    agent = DDPG.load(run_dir / "agent.zip", device="cpu")
+    assert isinstance(agent.policy, AMCPolicy)
+    assert isinstance(agent.critic.optimizer, ScaledAdam)
+    assert agent.critic.optimizer.scale == pytest.approx(10.0)
+    assert agent.learning_starts == WARMUP * 12
+    obs = np.full(agent.observation_space.shape, 0.5, dtype=np.float32)
+    action, _ = agent.predict(obs, deterministic=True)
+    assert action.shape == (1,) and -1.0 <= action[0] <= 1.0
+
+
+def test_tensorboard_records(finished_run):
+    run_dir, _ = finished_run
+    rows = read_rows(run_dir / "episodes.csv")
+    events = load_events(run_dir)
+    tags = events.Tags()
+    scalars = set(tags["scalars"])
+    for tag in (*EPISODE_TAGS, "best/reward", "best/accuracy", "best/flops_ratio", "episode/noise_sigma"):
+        assert tag in scalars, tag
+    for tag in EPISODE_TAGS:
+        series = events.Scalars(tag)
+        assert [e.step for e in series] == [1, 2, 3, 4, 5, 6], tag
+        expected = [float(r[CSV_COLUMN[tag]]) for r in rows]
+        np.testing.assert_allclose([e.value for e in series], expected, atol=1e-4, err_msg=tag)
+
+    best_reward, best_accuracy, running, running_acc = [], [], -np.inf, 0.0
+    for r in rows:
+        if float(r["reward"]) > running:
+            running, running_acc = float(r["reward"]), float(r["accuracy"])
+        best_reward.append(running)
+        best_accuracy.append(running_acc)
+    for tag, expected in (("best/reward", best_reward), ("best/accuracy", best_accuracy)):
+        series = events.Scalars(tag)
+        assert [e.step for e in series] == [1, 2, 3, 4, 5, 6], tag
+        np.testing.assert_allclose([e.value for e in series], expected, atol=1e-4, err_msg=tag)
+
+    sigma = [e.value for e in events.Scalars("episode/noise_sigma")]
+    np.testing.assert_allclose(sigma, [expected_sigma(k) for k in range(6)], rtol=1e-6)
+
+    assert "best/policy" in tags["images"]
+    image = events.Images("best/policy")[0]
+    assert image.width > 0 and image.height > 0 and image.encoded_image_string.startswith(b"\x89PNG")
+    assert "episode/actions" in tags["histograms"]
+    histograms = events.Histograms("episode/actions")
+    assert [h.step for h in histograms] == [1, 2, 3, 4, 5, 6]
+    assert all(h.histogram_value.num == 12 for h in histograms)
+
+    text_tags = [t for t in tags["tensors"] if t.startswith("best/policy_table")]
+    assert text_tags, tags["tensors"]
+    table = events.Tensors(text_tags[0])[0].tensor_proto.string_val[0].decode()
+    assert table.startswith("| unit | sparsity | kept |") and "layer1.0.conv1" in table
+
+    # stable-baselines3's own training losses, logged once training started (after the warm-up)
+    for tag in ("train/actor_loss", "train/critic_loss"):
+        assert tag in scalars, tag
+        steps = [e.step for e in events.Scalars(tag)]
+        assert steps and min(steps) > WARMUP * 12 and all(np.isfinite(e.value) for e in events.Scalars(tag))
+
+
+def test_existing_run_folder_is_refused(finished_run, capsys):
+    run_dir, _ = finished_run
+    before = (run_dir / "episodes.csv").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_search(tiny_search(run_dir.parent, "run", 6), progress=False)
+    argv = ["search", "--checkpoint", "none", "--width", "0.25", "--runs-dir", str(run_dir.parent)]
+    assert main([*argv, "--name", "run", "--no-progress", "--no-summary"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("amc: error: ") and "--resume" in err and str(run_dir) in err
+    assert (run_dir / "episodes.csv").read_text() == before
+
+
+def test_rollout_on_another_model(finished_run):
+    run_dir, _ = finished_run
+    config = tiny_env(model="plain20", target=0.4)
+    policy = rollout_policy(run_dir / "agent.zip", config)
+    assert policy.model == "plain20" and policy.mode == "channel"
+    assert len(policy.sparsities) == 19
+    assert policy.ratios()["flops_ratio"] <= 0.4
+    assert all(0.0 <= s <= 0.8 for s in policy.sparsities.values())
+    # Deterministic actor: the same rollout again gives the same policy.
+    assert rollout_policy(run_dir / "agent.zip", config, algo="ddpg").sparsities == policy.sparsities
+
+
+def test_rollout_errors(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    with pytest.raises(FileNotFoundError, match=r"agent\.zip"):
+        rollout_policy(tmp_path / "absent.zip", tiny_env())
+    with pytest.raises(ValueError, match="cannot load agent"):
+        rollout_policy(run_dir / "agent.zip", tiny_env(), algo="sac")
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+
+def test_resume_after_a_simulated_kill(tmp_path):
+    run_search(tiny_search(tmp_path, "run", 4), progress=False)
+    run_dir = tmp_path / "run"
+    before = read_rows(run_dir / "episodes.csv")
+    assert len(before) == 4
+    # A kill after episode 5 was written to the CSV but before its checkpoint (and in the
+    # middle of writing row 6): state.json still says 4.
+    with (run_dir / "episodes.csv").open("a") as f:
+        f.write("5,-0.5,50.0,0.5,0.5,," + ",".join(["0.1"] * 12) + "\n6,-0.4,60")
+    result = resume_search(run_dir, episodes=7, progress=False)
+    assert result["episodes"] == 7
+    rows = read_rows(run_dir / "episodes.csv")
+    assert [int(r["episode"]) for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert rows[:4] == before
+    assert rows[4]["reward"] != "-0.5"  # the uncheckpointed episode was redone
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["episodes"] == 7 and state["num_timesteps"] == 7 * 12
+    # The noise goes on as in an uninterrupted run (no extra decay for the restart).
+    assert state["noise"] == {"sigma": pytest.approx(expected_sigma(7)), "episodes": 7}
+    assert SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())).episodes == 7
+    assert len((run_dir / "command.txt").read_text().splitlines()) == 2
+    with np.load(run_dir / "buffer.npz") as z:
+        assert tuple(z["meta"][:3]) == (84, 0, 7)
+    events = load_events(run_dir)
+    assert [e.step for e in events.Scalars("episode/reward")] == [1, 2, 3, 4, 5, 6, 7]
+    np.testing.assert_allclose(
+        [e.value for e in events.Scalars("episode/reward")], [float(r["reward"]) for r in rows], atol=1e-5
+    )
+    # Resuming a finished run does nothing more.
+    assert resume_search(run_dir, progress=False)["episodes"] == 7
+    assert len(read_rows(run_dir / "episodes.csv")) == 7
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
+        resume_search(tmp_path)
+
+
+def test_kill_9_then_resume_from_the_cli(tmp_path, sample_cache):
+    total = 40
+    argv = ["--model", "resnet20", "--checkpoint", "none", "--width", "0.25", "--search-images", "32"]
+    argv += ["--episodes", str(total), "--warmup", str(WARMUP), "--hp", "batch_size=8"]
+    argv += ["--runs-dir", str(tmp_path), "--name", "run", "--threads", "1", "--no-summary", "--no-progress"]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "AMC_CACHE_DIR": str(sample_cache), "OMP_NUM_THREADS": "1"}
+    with (tmp_path / "out.txt").open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "amc.cli", "search", *argv], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                path = run_dir / "episodes.csv"
+                if path.is_file() and len(path.read_text().splitlines()) >= 4:  # header + 3 rows
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, (tmp_path / "out.txt").read_text()
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((run_dir / "state.json").read_text())
+    checkpointed = state["episodes"]
+    before = read_rows(run_dir / "episodes.csv")
+    assert 2 <= checkpointed < total and len(before) >= checkpointed
+
+    assert main(["search", "--resume", str(run_dir), "--no-summary", "--no-progress"]) == 0
+    rows = read_rows(run_dir / "episodes.csv")
+    assert [int(r["episode"]) for r in rows] == list(range(1, total + 1))
+    assert rows[:checkpointed] == before[:checkpointed]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["episodes"] == total and state["num_timesteps"] == total * 12
+    assert state["noise"]["sigma"] == pytest.approx(expected_sigma(total))
+    assert Policy.load(run_dir / "best_policy.json").metrics["episode"] == state["best"]["episode"]
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+COMMON = {
+    "--model",
+    "--width",
+    "--checkpoint",
+    "--dataset",
+    "--data",
+    "--split-seed",
+    "--device",
+    "--threads",
+}
+ENV_OPTIONS = {"--target", "--mode", "--reward", "--max-sparsity", "--round-to", "--criterion"}
+ENV_OPTIONS |= {"--reconstruct", "--recalibrate", "--search-images"}
+OPTIONS = {
+    "search": COMMON
+    | ENV_OPTIONS
+    | {"--agent", "--episodes", "--warmup", "--seed", "--envs", "--hp", "--runs-dir", "--name", "--resume"}
+    | {"--episodes-override", "--no-progress", "--no-summary"},
+    "apply": COMMON | ENV_OPTIONS | {"--policy", "--agent", "--finetune-epochs", "--finetune-lr", "--out"},
+    "compare": COMMON | ENV_OPTIONS | {"--baselines", "--policy", "--trials", "--seed", "--out"},
+}
+
+
+@pytest.mark.parametrize("command", ["search", "apply", "compare"])
+def test_help_lists_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    declared = set()
+    for action in subparser(command)._actions:
+        declared.update(action.option_strings)
+        for option in action.option_strings:
+            assert option in text, option
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings} has no help"
+    assert OPTIONS[command] <= declared, OPTIONS[command] - declared
+    for word in ("flops=0.5", "channel", "finegrained", *REWARDS):
+        assert word in text, word
+    if command == "search":
+        for agent in ("ddpg", "td3", "sac"):
+            assert agent in text
+
+
+@pytest.mark.parametrize("target", ["flops=2", "flops=0", "energy=0.5", "flops", "flops=abc"])
+def test_bad_target_exits_2_with_a_message(target, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--target", target])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"bad target '{target}'" in err and "flops=0.5" in err
+
+
+def test_target_parsing():
+    args = build_parser().parse_args(["search", "--target", "params=0.3"])
+    assert args.target == ("params", 0.3)
+    assert build_parser().parse_args(["search", "--target", "none"]).target == ("flops", None)
+    assert build_parser().parse_args(["search"]).target == ("flops", 0.5)
