@@ -67,6 +67,13 @@ def episode_overhead(
     }
 
 
+def _uniform_pruned(model: nn.Module, target: float, input_hw: tuple[int, int], round_to: int = 1):
+    """The pruner, kept channels and physically pruned model of the uniform policy at ``target``."""
+    pruner = ChannelPruner(model, (1, 3, *input_hw), round_to=round_to)
+    kept = pruner.kept_for(solve_uniform(pruner, target, cost_ratio_fn(pruner, "flops")))
+    return pruner, kept, pruner.export(kept)
+
+
 def pruning_speedup(
     model: nn.Module,
     target: float = 0.5,
@@ -79,10 +86,7 @@ def pruning_speedup(
     The policy is uniform at ``target`` FLOPs; latencies are measured in alternating blocks
     and the medians compared.
     """
-    shape = (1, 3, *input_hw)
-    pruner = ChannelPruner(model, shape)
-    kept = pruner.kept_for(solve_uniform(pruner, target, cost_ratio_fn(pruner, "flops")))
-    small = pruner.export(kept)
+    pruner, kept, small = _uniform_pruned(model, target, input_hw)
     flops_speedup = pruner.cost.macs() / pruner.cost.macs(kept)
     size = (batch, 3, *input_hw)
     dense_ms, pruned_ms = [], []
@@ -111,9 +115,7 @@ def latency_prediction(
     from amc.cost import LatencyTable, predicted_vs_measured
 
     shape = (batch, 3, *input_hw)
-    pruner = ChannelPruner(model, (1, 3, *input_hw), round_to=round_to)
-    kept = pruner.kept_for(solve_uniform(pruner, target, cost_ratio_fn(pruner, "flops")))
-    small = pruner.export(kept)
+    _, _, small = _uniform_pruned(model, target, input_hw, round_to)
     table = LatencyTable.build(model, shape, round_to=round_to, repeats=10, warmup=3)
     dense = predicted_vs_measured(model, table, shape)
     pruned = predicted_vs_measured(small, table, shape)

@@ -11,6 +11,7 @@ from amc.benchmark import episode_overhead, latency_prediction, pruning_speedup
 from amc.data import load_dataset
 from amc.data.base import to_tensor
 from amc.models import create_model, read_manifest, shipped_checkpoint
+from amc.pruning.channel import ChannelPruner
 
 
 def _model(name: str, checkpoint: str) -> torch.nn.Module:
@@ -21,6 +22,35 @@ def _model(name: str, checkpoint: str) -> torch.nn.Module:
         except ValueError:
             pass  # no shipped checkpoint: timing does not depend on the weights
     return create_model(name)
+
+
+def selection_table(name: str, checkpoint: str, target: float) -> dict[str, float]:
+    """Uniform policy at ``target`` FLOPs on held-out test images, four ways.
+
+    With and without least-squares reconstruction and BatchNorm recalibration.
+    """
+    from amc.baselines import uniform_policy
+    from amc.report import compare
+    from amc.scoring import Scorer, ScoringConfig, calibration_images
+
+    data = load_dataset("sample")
+    results = {}
+    for reconstruct in (False, True):
+        for recalibrate in (False, True):
+            model = _model(name, checkpoint)
+            scorer = Scorer(data, ScoringConfig(recalibrate=recalibrate))
+            images = calibration_images(data, 256, scorer.spare_index, seed=7) if reconstruct else None
+            pruner = ChannelPruner(model, (1, 3, 32, 32), calibration=images)
+            policy = uniform_policy(pruner, target, "flops")
+            rows = compare(pruner, data, {"uniform": [policy.kept[u.name] for u in pruner.units]}, scorer)
+            key = f"reconstruct={reconstruct} recalibrate={recalibrate}"
+            results[key] = rows[1].top1
+            results["dense"] = rows[0].top1
+            print(
+                f"{key:<38} top-1 {rows[1].top1:6.2f} %  "
+                f"(dense {rows[0].top1:.2f} %, FLOPs {rows[1].flops_ratio:.3f})"
+            )
+    return results
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -58,6 +88,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 f"measured {r['dense_measured_ms']:.2f} ms; pruned predicted "
                 f"{r['pruned_predicted_ms']:.2f} / measured {r['pruned_measured_ms']:.2f} ms"
             )
+    elif args.what == "selection":
+        results = selection_table(args.models[0], args.checkpoint, args.target)
     else:  # envs
         from amc.agents.parallel import episodes_per_second
         from amc.envs.config import EnvConfig
@@ -82,9 +114,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "what",
-        choices=["overhead", "speedup", "latency", "envs"],
+        choices=["overhead", "speedup", "latency", "envs", "selection"],
         help="overhead: pseudo-pruned episode / dense forward; speedup: latency vs FLOPs speed-up "
-        "at 50%% FLOPs; latency: table prediction vs measurement; envs: parallel episodes",
+        "at 50%% FLOPs; latency: table prediction vs measurement; envs: parallel episodes; "
+        "selection: uniform 50%% FLOPs with/without reconstruction and BN recalibration",
     )
     p.add_argument("--models", nargs="+", default=["resnet20"], help="zoo models (default: resnet20)")
     p.add_argument("--checkpoint", default="shipped", help="'shipped' (if any) or 'none'")

@@ -253,17 +253,59 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summarize(args: argparse.Namespace) -> int:
+    """``amc summarize``: mean and standard deviation over search runs (e.g. several seeds)."""
+    import statistics
+
+    rows = []
+    for run in args.runs:
+        run = Path(run)
+        table = {r["name"]: r for r in json.loads((run / "summary.json").read_text())}
+        state = json.loads((run / "state.json").read_text())
+        rows.append(
+            (
+                run.name,
+                table["best"]["top1"],
+                table["uniform"]["top1"],
+                table["best"]["flops_ratio"],
+                table["uniform"]["flops_ratio"],
+                state["episodes"],
+                state["elapsed"] / 60,
+            )
+        )
+        print(
+            f"{run.name}: best {rows[-1][1]:.2f} % (FLOPs {rows[-1][3]:.3f}), uniform {rows[-1][2]:.2f} % "
+            f"(FLOPs {rows[-1][4]:.3f}), gain {rows[-1][1] - rows[-1][2]:+.2f}, "
+            f"{rows[-1][5]} episodes, {rows[-1][6]:.1f} min"
+        )
+
+    def stat(values: list[float]) -> str:
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+    print(
+        f"{len(rows)} runs: best {stat([r[1] for r in rows])} %, uniform {stat([r[2] for r in rows])} %, "
+        f"gain {stat([r[1] - r[2] for r in rows])} points, {stat([r[6] for r in rows])} min per run"
+    )
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) -> None:
-    """Register ``search``, ``apply`` and ``compare`` on the ``amc`` parser."""
-    p = sub.add_parser(
+    """Register ``search``, ``apply``, ``compare`` and ``summarize`` on the ``amc`` parser."""
+
+    def env_command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description)
+        add_model_args(p, "shipped")
+        add_data_args(p, "sample")
+        add_env_args(p)
+        return p
+
+    p = env_command(
         "search",
-        help="learn per-layer sparsities with an RL agent (AMC)",
-        description="Search a pruning policy with DDPG/TD3/SAC on the pruning environment. "
+        "learn per-layer sparsities with an RL agent (AMC)",
+        "Search a pruning policy with DDPG/TD3/SAC on the pruning environment. "
         "With no arguments: shipped ResNet-20, bundled CIFAR-10 sample, 50 % FLOPs.",
     )
-    add_model_args(p, "shipped")
-    add_data_args(p, "sample")
-    add_env_args(p)
     p.add_argument("--agent", default="ddpg", choices=["ddpg", "td3", "sac"], help="RL agent (default: ddpg)")
     p.add_argument(
         "--episodes", type=int, default=250, help="episodes in all, warm-up included (default: 250)"
@@ -297,15 +339,12 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
     p.add_argument("--no-summary", action="store_true", help="skip the dense/best/uniform table at the end")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser(
+    p = env_command(
         "apply",
-        help="prune a model with a saved policy or agent, evaluate, save",
-        description="Apply a policy JSON (or roll out a saved agent.zip on this model), "
+        "prune a model with a saved policy or agent, evaluate, save",
+        "Apply a policy JSON (or roll out a saved agent.zip on this model), "
         "optionally fine-tune, evaluate on the test split, save pruned.pt.",
     )
-    add_model_args(p, "shipped")
-    add_data_args(p, "sample")
-    add_env_args(p)
     p.add_argument("--policy", default=None, help="policy JSON (e.g. runs/<run>/best_policy.json)")
     p.add_argument("--agent", default=None, help="agent.zip of an earlier search, rolled out on this model")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs (needs a training split)")
@@ -313,15 +352,12 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
     p.add_argument("--out", default="runs/apply", help="output folder (default: runs/apply)")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser(
+    p = env_command(
         "compare",
-        help="baseline policies (uniform, sensitivity, random) at a budget",
-        description="Build baseline policies for the budget and compare them (and any "
+        "baseline policies (uniform, sensitivity, random) at a budget",
+        "Build baseline policies for the budget and compare them (and any "
         "--policy files) with the dense model on the held-out test images.",
     )
-    add_model_args(p, "shipped")
-    add_data_args(p, "sample")
-    add_env_args(p)
     p.add_argument("--baselines", default="uniform,sensitivity,random", help="comma-separated baselines")
     p.add_argument("--policy", nargs="*", default=[], help="extra policy JSON files to compare")
     p.add_argument("--trials", type=int, default=30, help="random-search trials (default: 30)")
@@ -330,3 +366,11 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         "--out", default="runs/compare", help="folder for the baseline policies (default: runs/compare)"
     )
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "summarize",
+        help="mean ± std of best vs uniform over search runs (e.g. seeds)",
+        description="Aggregate the held-out summary tables of finished search runs.",
+    )
+    p.add_argument("runs", nargs="+", help="run folders (each with summary.json and state.json)")
+    p.set_defaults(func=cmd_summarize)
