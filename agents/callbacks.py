@@ -36,6 +36,7 @@ class SearchCallback(BaseCallback):
         state: Restored state when resuming (``episodes``, ``best``), else ``None``.
         noise: The agent's exploration noise (its state is checkpointed), if any.
         progress: Show a progress bar.
+        hparams: The run's flattened settings, shown in TensorBoard's text and HParams tabs.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class SearchCallback(BaseCallback):
         state: dict | None = None,
         noise: Any = None,
         progress: bool = True,
+        hparams: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.run_dir, self.unit_names, self.total_episodes = Path(run_dir), unit_names, total_episodes
@@ -57,6 +59,7 @@ class SearchCallback(BaseCallback):
         self.saved_episodes = self.episodes
         self.t0 = time.time()
         self.elapsed = float(state.get("elapsed", 0.0))
+        self.hparams = hparams or {}
         self.writer: SummaryWriter | None = None
         self.bar: tqdm | None = None
 
@@ -66,6 +69,11 @@ class SearchCallback(BaseCallback):
             # so undo it (otherwise sigma decays one episode early, and once more per resume).
             self.noise.load_state(self.noise_state)
         self.writer = SummaryWriter(str(self.run_dir))
+        if self.hparams:
+            table = "\n".join(
+                ["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in self.hparams.items()]
+            )
+            self.writer.add_text("run/hparams", table, self.episodes)
         self.bar = tqdm(
             total=self.total_episodes,
             initial=self.episodes,
@@ -169,6 +177,9 @@ class SearchCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.checkpoint()
+        if self.hparams and self.best:
+            metrics = {f"hparam/best_{k}": float(v) for k, v in self.best.items() if k != "episode"}
+            self.writer.add_hparams(self.hparams, metrics, run_name=".")
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:

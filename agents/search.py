@@ -100,7 +100,22 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
         agent.num_timesteps = int(state["num_timesteps"])
     agent.set_logger(configure(str(run_dir), ["tensorboard"]))
     done = state["episodes"] if state else 0
-    callback = SearchCallback(run_dir, [u.name for u in env.units], config.episodes, state, noise, progress)
+    settings = {
+        **asdict(config.env),
+        "agent": config.agent,
+        "episodes": config.episodes,
+        "seed": config.seed,
+        "envs": config.envs,
+        **hp,
+    }
+    hparams = {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in settings.items()
+        if v is not None
+    }
+    callback = SearchCallback(
+        run_dir, [u.name for u in env.units], config.episodes, state, noise, progress, hparams
+    )
     remaining = max(0, config.episodes - done)
     try:
         agent.learn(

@@ -237,6 +237,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
     metrics = evaluate(pruned, dataset, "test", device=args.device)
     out = Path(args.out)
     save_pruned(pruned, policy, out / "pruned.pt")
+    if policy.mode == "finegrained":
+        from amc.pruning.finegrained import export_sparse
+
+        size = export_sparse(pruned, out / "pruned_sparse.pt")
+        total = {k: v / 1e6 for k, v in size["total"].items()}
+        print(
+            f"stored size: dense {total['dense']:.2f} MB, CSR {total['csr']:.2f} MB, "
+            f"bitmask {total['bitmask']:.2f} MB, file {size['file_bytes'] / 1e6:.2f} MB"
+        )
     result = {
         "dense_top1": dense_top1,
         "pruned_top1": metrics["top1"],
