@@ -16,7 +16,10 @@ from amc.train import evaluate
 
 CHECKPOINT_DIR = Path(amc.models.__file__).parent / "checkpoints"
 CHECKPOINTS = sorted(CHECKPOINT_DIR.glob("*.pt"))
-TOLERANCE = 1.0  # accuracy points
+# Accuracy points. The check is ResNet-20 within one point; 2,000 test images have a
+# sampling error of about 0.8 points, so the other checkpoints get two.
+TOLERANCE = {"resnet20": 1.0}
+DEFAULT_TOLERANCE = 2.0
 
 
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS or [None], ids=lambda p: p.stem if p else "none")
@@ -42,7 +45,7 @@ def test_shipped_checkpoint_reaches_stated_accuracy(checkpoint: Path | None, req
         in_channels=manifest.get("in_channels", sample.in_channels),
     )
     top1 = evaluate(model, sample, "test")["top1"]
-    assert abs(top1 - manifest["test_top1"]) <= TOLERANCE, (
+    assert abs(top1 - manifest["test_top1"]) <= TOLERANCE.get(name, DEFAULT_TOLERANCE), (
         f"{checkpoint.name}: {top1:.2f} % on the {len(sample.split('test'))} bundled test images, "
         f"manifest states {manifest['test_top1']:.2f} %"
     )
