@@ -56,10 +56,16 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=1, help="kept channels are multiples of this (default: 1)")
     p.add_argument("--criterion", default="l1", choices=["l1", "l2"], help="channel importance (default: l1)")
     p.add_argument(
-        "--reconstruct", action="store_true", help="least-squares reconstruction of consumer layers"
+        "--no-reconstruct",
+        dest="reconstruct",
+        action="store_false",
+        help="no least-squares reconstruction of consumer layers (on by default)",
     )
     p.add_argument(
-        "--recalibrate", action="store_true", help="recalibrate BatchNorm statistics before scoring"
+        "--no-recalibrate",
+        dest="recalibrate",
+        action="store_false",
+        help="no BatchNorm recalibration before scoring (on by default)",
     )
     p.add_argument(
         "--search-images",
@@ -317,7 +323,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
     )
     p.add_argument("--agent", default="ddpg", choices=["ddpg", "td3", "sac"], help="RL agent (default: ddpg)")
     p.add_argument(
-        "--episodes", type=int, default=250, help="episodes in all, warm-up included (default: 250)"
+        "--episodes", type=int, default=200, help="episodes in all, warm-up included (default: 200)"
     )
     p.add_argument(
         "--warmup",

@@ -60,8 +60,8 @@ class EnvConfig:
     max_sparsity: float = 0.8
     round_to: int = 1
     criterion: str = "l1"
-    reconstruct: bool = False
-    recalibrate: bool = False
+    reconstruct: bool = True
+    recalibrate: bool = True
     search_images: int = 2000
     calibration_images: int = 256
     device: str = "cpu"
@@ -95,7 +95,9 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
     model = create_model(config.model, dataset.num_classes, width, checkpoint, dataset.in_channels)
     model.to(config.device)
     shape = (1, dataset.in_channels, *dataset.split("search").images.shape[1:3])
-    scoring = ScoringConfig(images=config.search_images, recalibrate=config.recalibrate)
+    scoring = ScoringConfig(
+        images=config.search_images, recalibrate=config.recalibrate, recalibration_images=512
+    )
     scorer = Scorer(dataset, scoring, config.device)
     if config.mode == "finegrained":
         return FineGrainedBackend(model, scorer, shape, config.model)
