@@ -153,12 +153,6 @@ def test_fit_to_target_shifts_all_units(pruner):
     assert np.allclose(offsets, offsets[0]), "one common offset"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Policy.from_kept rounds sparsities to 6 decimals; the baselines bisect to just above a "
-    "channel-count boundary, so the stored sparsities often map back to fewer removed channels "
-    "than policy.kept (apply_policy uses kept, so applied policies are right)",
-)
 def test_stored_sparsities_reproduce_kept(pruner, scorer):
     for policy in (
         uniform_policy(pruner, 0.3),

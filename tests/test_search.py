@@ -338,7 +338,7 @@ COMMON = {
     "--threads",
 }
 ENV_OPTIONS = {"--target", "--mode", "--reward", "--max-sparsity", "--round-to", "--criterion"}
-ENV_OPTIONS |= {"--reconstruct", "--recalibrate", "--search-images"}
+ENV_OPTIONS |= {"--no-reconstruct", "--no-recalibrate", "--search-images"}
 OPTIONS = {
     "search": COMMON
     | ENV_OPTIONS
