@@ -10,8 +10,9 @@ from pathlib import Path
 
 from amc.cli_bench import add_parser as add_benchmark_parser
 from amc.cli_search import add_parsers
-from amc.data import DATASETS, DatasetError, load_dataset
-from amc.models import MODELS, CheckpointError, ModelError, create_model, read_manifest, shipped_checkpoint
+from amc.data import DATASETS, DatasetError
+from amc.loading import load_model_and_data
+from amc.models import MODELS, CheckpointError, ModelError
 from amc.train import TrainConfig, evaluate, set_threads, train
 
 log = logging.getLogger("amc")
@@ -125,16 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
 def model_and_data(args: argparse.Namespace):
     """Load the model (with its checkpoint) and dataset the command line names."""
     set_threads(args.threads)
-    checkpoint = None if args.checkpoint in (None, "none") else args.checkpoint
-    if checkpoint == "shipped":
-        checkpoint = shipped_checkpoint(args.model)
-    manifest = read_manifest(checkpoint) if checkpoint else {}
-    dataset = load_dataset(
-        args.dataset, args.data, manifest.get("split_seed", args.split_seed), args.search_size, args.download
+    return load_model_and_data(
+        args.model,
+        args.checkpoint,
+        args.width,
+        args.dataset,
+        args.data,
+        args.split_seed,
+        args.search_size,
+        args.download,
+        args.device,
     )
-    width = args.width if args.width is not None else manifest.get("width", 1.0)
-    model = create_model(args.model, dataset.num_classes, width, checkpoint, dataset.in_channels)
-    return model.to(args.device), dataset, width
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

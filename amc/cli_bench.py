@@ -10,18 +10,17 @@ import torch
 from amc.benchmark import episode_overhead, latency_prediction, pruning_speedup
 from amc.data import load_dataset
 from amc.data.base import to_tensor
-from amc.models import create_model, read_manifest, shipped_checkpoint
+from amc.loading import resolve_checkpoint
+from amc.models import create_model
 from amc.pruning.channel import ChannelPruner
 
 
 def _model(name: str, checkpoint: str) -> torch.nn.Module:
-    if checkpoint == "shipped":
-        try:
-            path = shipped_checkpoint(name)
-            return create_model(name, width=read_manifest(path).get("width", 1.0), checkpoint=path)
-        except ValueError:
-            pass  # no shipped checkpoint: timing does not depend on the weights
-    return create_model(name)
+    try:
+        path, manifest = resolve_checkpoint(name, checkpoint)
+    except ValueError:  # no shipped checkpoint: timing does not depend on the weights
+        path, manifest = None, {}
+    return create_model(name, width=manifest.get("width", 1.0), checkpoint=path)
 
 
 def selection_table(name: str, checkpoint: str, target: float) -> dict[str, float]:

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 from amc.envs.backends import ChannelBackend, FineGrainedBackend
 
-from amc.data import load_dataset
-from amc.models import create_model, read_manifest, shipped_checkpoint
+from amc.loading import load_model_and_data
 from amc.pruning.channel import ChannelPruner
 from amc.scoring import Scorer, ScoringConfig, calibration_images
 
@@ -80,20 +79,17 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
     """Load the model and data described by ``config`` and wrap them in a pruning backend."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    checkpoint = None if config.checkpoint in (None, "none") else config.checkpoint
-    if checkpoint == "shipped":
-        checkpoint = str(shipped_checkpoint(config.model))
-    manifest = read_manifest(checkpoint) if checkpoint else {}
-    dataset = load_dataset(
+    model, dataset, _ = load_model_and_data(
+        config.model,
+        config.checkpoint,
+        config.width,
         config.dataset,
         config.data,
-        manifest.get("split_seed", config.split_seed),
+        config.split_seed,
         config.search_size,
         config.download,
+        config.device,
     )
-    width = config.width if config.width is not None else manifest.get("width", 1.0)
-    model = create_model(config.model, dataset.num_classes, width, checkpoint, dataset.in_channels)
-    model.to(config.device)
     shape = (1, dataset.in_channels, *dataset.split("search").images.shape[1:3])
     scoring = ScoringConfig(
         images=config.search_images, recalibrate=config.recalibrate, recalibration_images=512

@@ -1,0 +1,41 @@
+"""Resolve a checkpoint argument and load a model with the dataset it was trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from amc.data import Dataset, load_dataset
+from amc.models import create_model, read_manifest, shipped_checkpoint
+
+
+def resolve_checkpoint(model: str, checkpoint: str | Path | None) -> tuple[Path | None, dict]:
+    """Map ``shipped``/``none``/a path to a checkpoint file and its manifest (``{}`` if none)."""
+    if checkpoint in (None, "none"):
+        return None, {}
+    path = shipped_checkpoint(model) if checkpoint == "shipped" else Path(checkpoint)
+    return path, read_manifest(path)
+
+
+def load_model_and_data(
+    model: str,
+    checkpoint: str | Path | None = "shipped",
+    width: float | None = None,
+    dataset: str = "sample",
+    data: str | Path | None = None,
+    split_seed: int = 0,
+    search_size: int = 5000,
+    download: bool = False,
+    device: str = "cpu",
+) -> tuple[nn.Module, Dataset, float]:
+    """The model (with its checkpoint) and dataset; split seed and width default to the manifest's.
+
+    Returns:
+        The model on ``device`` in eval mode, the dataset, and the width used.
+    """
+    path, manifest = resolve_checkpoint(model, checkpoint)
+    data_set = load_dataset(dataset, data, manifest.get("split_seed", split_seed), search_size, download)
+    width = width if width is not None else manifest.get("width", 1.0)
+    net = create_model(model, data_set.num_classes, width, path, data_set.in_channels)
+    return net.to(device), data_set, width
