@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 RATIOS = ("flops_ratio", "params_ratio", "latency_ratio")
 
 
+def episode_summary(ep: int, info: dict) -> dict:
+    """Episode number, reward, accuracy and cost ratios of a finished episode's ``info``."""
+    return {
+        "episode": ep,
+        "reward": info["reward"],
+        "accuracy": info["accuracy"],
+        **{k: info[k] for k in RATIOS if k in info},
+    }
+
+
 class SearchCallback(BaseCallback):
     """Record every finished episode and checkpoint the search after each one.
 
@@ -37,6 +47,7 @@ class SearchCallback(BaseCallback):
         noise: The agent's exploration noise (its state is checkpointed), if any.
         progress: Show a progress bar.
         hparams: The run's flattened settings, shown in TensorBoard's text and HParams tabs.
+        finalists: How many of the best episodes (by reward) to keep as final candidates.
     """
 
     def __init__(
@@ -48,12 +59,15 @@ class SearchCallback(BaseCallback):
         noise: Any = None,
         progress: bool = True,
         hparams: dict[str, Any] | None = None,
+        finalists: int = 10,
     ):
         super().__init__()
         self.run_dir, self.unit_names, self.total_episodes = Path(run_dir), unit_names, total_episodes
         state = state or {}
         self.episodes = int(state.get("episodes", 0))
         self.best: dict = state.get("best", {})
+        self.finalists = finalists
+        self.candidates: list[dict] = state.get("candidates", [])
         self.noise, self.progress = noise, progress
         self.noise_state = noise.state() if noise is not None else None
         self.saved_episodes = self.episodes
@@ -104,6 +118,7 @@ class SearchCallback(BaseCallback):
             w.add_scalar("episode/noise_sigma", self.noise.sigma, ep)
         if not self.best or info["reward"] > self.best["reward"]:
             self._new_best(ep, info)
+        self._keep_candidate(ep, info)
         for key in ("reward", "accuracy", *RATIOS):
             if key in self.best:
                 w.add_scalar(f"best/{key}", self.best[key], ep)
@@ -134,21 +149,27 @@ class SearchCallback(BaseCallback):
             f.flush()
             os.fsync(f.fileno())
 
+    def _keep_candidate(self, ep: int, info: dict) -> None:
+        """Keep the ``finalists`` best episodes by reward (ties: the earlier episode)."""
+        candidate = {**episode_summary(ep, info), "sparsities": [float(s) for s in info["sparsities"]]}
+        self.candidates.append(candidate)
+        self.candidates.sort(key=lambda c: (-c["reward"], c["episode"]))
+        del self.candidates[self.finalists :]
+
     def _new_best(self, ep: int, info: dict) -> None:
-        self.best = {
-            "episode": ep,
-            "reward": info["reward"],
-            "accuracy": info["accuracy"],
-            **{k: info[k] for k in RATIOS if k in info},
-        }
+        self.best = episode_summary(ep, info)
         policy = Policy(**json.loads(info["policy_json"]))
         policy.metrics.update(episode=ep)
+        self.show_best(policy, ep, f"episode {ep}: accuracy {info['accuracy']:.2f} %")
+
+    def show_best(self, policy: Policy, step: int, title: str) -> None:
+        """Save ``policy`` as ``best_policy.json`` and draw it (bar chart and table) in TensorBoard."""
         policy.save(self.run_dir / "best_policy.json")
-        title = f"episode {ep}: accuracy {info['accuracy']:.2f} %, FLOPs {info.get('flops_ratio', 0):.3f}"
+        title += f", FLOPs {policy.ratios().get('flops_ratio', 0):.3f}"
         self.writer.add_image(
-            "best/policy", policy_bar_chart(policy.sparsities, title), ep, dataformats="HWC"
+            "best/policy", policy_bar_chart(policy.sparsities, title), step, dataformats="HWC"
         )
-        self.writer.add_text("best/policy_table", policy_table(policy.sparsities, policy.kept), ep)
+        self.writer.add_text("best/policy_table", policy_table(policy.sparsities, policy.kept), step)
 
     def checkpoint(self) -> None:
         """Save agent, replay buffer and state: all three written aside, then renamed in a row."""
@@ -160,6 +181,7 @@ class SearchCallback(BaseCallback):
         state = {
             "episodes": self.episodes,
             "best": self.best,
+            "candidates": self.candidates,
             "num_timesteps": self.model.num_timesteps,
             "noise": self.noise.state() if self.noise is not None else None,
             "elapsed": self.elapsed + time.time() - self.t0,

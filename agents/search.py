@@ -41,6 +41,8 @@ class SearchConfig:
         hp: Hyper-parameter overrides on top of the agent's preset.
         runs_dir: Parent folder of run folders.
         name: Run folder name (default ``<model>__<agent>__seed<k>__<time>``).
+        finalists: The best episodes (by reward) re-scored on the selection images at the end;
+            the best of them there becomes ``best_policy.json``.
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -51,6 +53,7 @@ class SearchConfig:
     hp: dict[str, Any] = field(default_factory=dict)
     runs_dir: str = "runs"
     name: str = ""
+    finalists: int = 10
 
     def run_name(self) -> str:
         """The run folder's name."""
@@ -114,7 +117,14 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
         if v is not None
     }
     callback = SearchCallback(
-        run_dir, [u.name for u in env.units], config.episodes, state, noise, progress, hparams
+        run_dir,
+        [u.name for u in env.units],
+        config.episodes,
+        state,
+        noise,
+        progress,
+        hparams,
+        config.finalists,
     )
     remaining = max(0, config.episodes - done)
     try:
@@ -127,13 +137,51 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
     finally:
         vec_env.close()
     agent.save(run_dir / "agent.zip")
+    best = callback.best
+    if config.env.selection_images and callback.candidates:
+        best = select_final(env, callback)
     return {
         "run_dir": str(run_dir),
         "episodes": callback.episodes,
-        "best": callback.best,
+        "best": best,
         "seconds": callback.elapsed + time.time() - callback.t0,
         "env": env,
     }
+
+
+def select_final(env: PruningEnv, callback: SearchCallback) -> dict:
+    """Re-score the finalists on the selection images; the best there becomes ``best_policy.json``.
+
+    The best of hundreds of episodes, each scored on the same few thousand images, is the
+    luckiest as much as the best (its score is biased upwards). Re-ranking the top few on
+    images that no episode was scored on removes that bias from the choice. The ranking goes
+    to ``finalists.json``; TensorBoard gets ``final/*`` scalars and the chosen policy.
+    """
+    rows = []
+    for candidate in callback.candidates:
+        accuracy, reward = env.rescore(candidate["sparsities"])
+        rows.append({**candidate, "selection_accuracy": accuracy, "selection_reward": reward})
+    rows.sort(key=lambda r: (-r["selection_reward"], r["episode"]))
+    run_dir = callback.run_dir
+    (run_dir / "finalists.json").write_text(json.dumps(rows, indent=1))
+    final = {k: v for k, v in rows[0].items() if k != "sparsities"}
+    policy = env.backend.policy(
+        rows[0]["sparsities"],
+        accuracy=final["accuracy"],
+        reward=final["reward"],
+        selection_accuracy=final["selection_accuracy"],
+        episode=final["episode"],
+    )
+    step = callback.episodes
+    for key in ("selection_accuracy", "accuracy", "episode"):
+        callback.writer.add_scalar(f"final/{key}", final[key], step)
+    title = f"final: episode {final['episode']}, selection accuracy {final['selection_accuracy']:.2f} %"
+    callback.show_best(policy, step, title)
+    callback.writer.flush()
+    log.info(
+        "final policy: episode %d (selection accuracy %.2f %%)", final["episode"], final["selection_accuracy"]
+    )
+    return final
 
 
 def run_search(config: SearchConfig, progress: bool = True) -> dict:

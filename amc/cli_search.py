@@ -73,6 +73,13 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         default=1000,
         help="search-split images scored per episode (default: %(default)s)",
     )
+    p.add_argument(
+        "--selection-images",
+        type=int,
+        default=2000,
+        help="other search-split images on which the search re-scores its best episodes before "
+        "choosing the final policy; 0 keeps the best episode (default: %(default)s)",
+    )
 
 
 def env_config(args: argparse.Namespace):
@@ -100,6 +107,7 @@ def env_config(args: argparse.Namespace):
         reconstruct=args.reconstruct,
         recalibrate=args.recalibrate,
         search_images=args.search_images,
+        selection_images=args.selection_images,
         device=args.device,
         threads=args.threads,
     )
@@ -125,13 +133,17 @@ def cmd_search(args: argparse.Namespace) -> int:
             hp=hp,
             runs_dir=args.runs_dir,
             name=args.name or "",
+            finalists=args.finalists,
         )
         result = run_search(config, progress=not args.no_progress)
     best = result["best"]
     print(f"run: {result['run_dir']}  ({result['episodes']} episodes, {result['seconds'] / 60:.1f} min)")
+    selection = (
+        f", selection accuracy {best['selection_accuracy']:.2f} %" if "selection_accuracy" in best else ""
+    )
     print(
-        f"best policy: episode {best.get('episode')}, search accuracy {best.get('accuracy', 0):.2f} %, "
-        f"FLOPs {best.get('flops_ratio', 0):.3f}, params {best.get('params_ratio', 0):.3f}"
+        f"best policy: episode {best.get('episode')}, search accuracy {best.get('accuracy', 0):.2f} %"
+        f"{selection}, FLOPs {best.get('flops_ratio', 0):.3f}, params {best.get('params_ratio', 0):.3f}"
     )
     if not args.no_summary:
         print(summary(result["env"], Path(result["run_dir"])))
@@ -332,6 +344,12 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         help="warm-up episodes of random actions (default: the preset's, 100)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the agent (default: 0)")
+    p.add_argument(
+        "--finalists",
+        type=int,
+        default=10,
+        help="best episodes re-scored on the selection images at the end (default: %(default)s)",
+    )
     p.add_argument(
         "--envs", type=int, default=1, help="episodes scored in parallel subprocesses (default: 1)"
     )

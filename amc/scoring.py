@@ -24,6 +24,8 @@ class ScoringConfig:
 
     Attributes:
         images: Search-split images scored per episode.
+        selection_images: Further search-split images, disjoint from those, on which the final
+            candidates of a search are re-scored (0: none).
         batch_size: Images per forward pass.
         recalibrate: Re-estimate BatchNorm statistics before scoring.
         recalibration_images: Calibration images for that.
@@ -32,6 +34,7 @@ class ScoringConfig:
     """
 
     images: int = 2000
+    selection_images: int = 0
     batch_size: int = 500
     recalibrate: bool = False
     recalibration_images: int = 1024
@@ -56,7 +59,7 @@ def calibration_images(
         if len(idx) < count:
             raise ValueError(
                 f"only {len(idx)} search images are left for calibration after scoring, "
-                f"{count} needed; score fewer images (--search-images)"
+                f"{count} needed; score fewer images (--search-images, --selection-images)"
             )
         idx = np.sort(idx[:count])
     return to_tensor(data.images[idx], dataset.mean, dataset.std)
@@ -82,29 +85,41 @@ class Scorer:
         self.device = torch.device(device)
         search = dataset.split("search")
         n = min(self.config.images, len(search))
+        m = min(self.config.selection_images, len(search) - n)
         order = torch.randperm(len(search), generator=torch.Generator().manual_seed(self.config.seed)).numpy()
-        self.index = order[:n]  # splits are stored class by class: score a seeded random subset
-        self.spare_index = order[n:]  # search images never scored, usable for calibration
-        self.images = to_tensor(search.images[self.index], dataset.mean, dataset.std).to(self.device)
-        self.labels = torch.from_numpy(search.labels[self.index]).to(self.device)
+        # Splits are stored class by class: score seeded random subsets. The episode images come
+        # first, the selection images last, and the rest (spare) is left for calibration.
+        self.index, self.spare_index = order[:n], order[n : len(search) - m]
+        self.selection_index = order[len(search) - m :]
+        self.sets = {
+            "search": self._load(search, self.index),
+            "selection": self._load(search, self.selection_index),
+        }
         self.recalibration = None
         if self.config.recalibrate:
             self.recalibration = calibration_images(
                 dataset, self.config.recalibration_images, self.spare_index, self.config.seed + 1
             ).to(self.device)
 
+    def _load(self, split, index: np.ndarray) -> tuple[Tensor, Tensor]:
+        images = to_tensor(split.images[index], self.dataset.mean, self.dataset.std).to(self.device)
+        return images, torch.from_numpy(split.labels[index]).to(self.device)
+
     @torch.no_grad()
-    def accuracy(self, model: nn.Module) -> float:
-        """Top-1 accuracy (%) of ``model`` on the scored images, as it is."""
+    def accuracy(self, model: nn.Module, on: str = "search") -> float:
+        """Top-1 accuracy (%) of ``model``, as it is, on the ``search`` or ``selection`` images."""
+        images, labels = self.sets[on]
+        if not len(labels):
+            raise ValueError(f"no {on} images to score (ScoringConfig.images or selection_images is 0)")
         model.eval()
         correct = 0
         batch = self.config.batch_size
-        for x, y in zip(self.images.split(batch), self.labels.split(batch), strict=True):
+        for x, y in zip(images.split(batch), labels.split(batch), strict=True):
             correct += (model(x).argmax(1) == y).sum().item()
-        return 100.0 * correct / len(self.labels)
+        return 100.0 * correct / len(labels)
 
-    def evaluate(self, model: nn.Module) -> float:
-        """Optionally recalibrate BatchNorm statistics, then return top-1 accuracy (%)."""
+    def evaluate(self, model: nn.Module, on: str = "search") -> float:
+        """Optionally recalibrate BatchNorm statistics, then return top-1 accuracy (%) on ``on``."""
         if self.recalibration is not None:
             recalibrate_bn_on(model, self.recalibration, 256)
-        return self.accuracy(model)
+        return self.accuracy(model, on)

@@ -81,9 +81,9 @@ class ChannelBackend:
         out.update({f"{k}_absolute": v for k, v in absolute.items()})
         return out
 
-    def score(self, sparsities: Sequence[float]) -> float:
-        """Top-1 accuracy (%) on the search split of the network pruned to ``sparsities``."""
-        return self.scorer.evaluate(self.pruner.apply(self.pruner.kept_for(list(sparsities))))
+    def score(self, sparsities: Sequence[float], on: str = "search") -> float:
+        """Top-1 accuracy (%) of the network pruned to ``sparsities`` on the scorer's ``on`` images."""
+        return self.scorer.evaluate(self.pruner.apply(self.pruner.kept_for(list(sparsities))), on)
 
     def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
         """The :class:`Policy` for ``sparsities``."""
@@ -158,11 +158,11 @@ class FineGrainedBackend:
             "params_absolute": params,
         }
 
-    def score(self, sparsities: Sequence[float]) -> float:
-        """Top-1 accuracy (%) with the masks for ``sparsities``."""
+    def score(self, sparsities: Sequence[float], on: str = "search") -> float:
+        """Top-1 accuracy (%) with the masks for ``sparsities`` on the scorer's ``on`` images."""
         self.masker.step(dict(zip(self.layers, map(float, sparsities), strict=True)))
         with torch.no_grad():
-            return self.scorer.evaluate(self.model)
+            return self.scorer.evaluate(self.model, on)
 
     def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
         """The fine-grained :class:`Policy` for ``sparsities``."""

@@ -39,6 +39,8 @@ class EnvConfig:
         reconstruct: Least-squares reconstruction of consumers.
         recalibrate: BatchNorm recalibration before scoring.
         search_images: Search-split images scored per episode.
+        selection_images: Other search-split images on which a search re-scores its best
+            candidates before naming the final policy (0: keep the best episode as it is).
         calibration_images: Images for reconstruction statistics.
         device: Torch device.
         threads: CPU threads per environment (0: torch's default).
@@ -62,6 +64,7 @@ class EnvConfig:
     reconstruct: bool = True
     recalibrate: bool = True
     search_images: int = 2000
+    selection_images: int = 2000
     calibration_images: int = 256
     device: str = "cpu"
     threads: int = 0
@@ -92,7 +95,10 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
     )
     shape = (1, dataset.in_channels, *dataset.split("search").images.shape[1:3])
     scoring = ScoringConfig(
-        images=config.search_images, recalibrate=config.recalibrate, recalibration_images=512
+        images=config.search_images,
+        selection_images=config.selection_images,
+        recalibrate=config.recalibrate,
+        recalibration_images=512,
     )
     scorer = Scorer(dataset, scoring, config.device)
     if config.mode == "finegrained":

@@ -78,6 +78,15 @@ class PruningEnv(gym.Env):
         """Inverse of :meth:`to_sparsity`."""
         return 2.0 * sparsity / self.config.max_sparsity - 1.0
 
+    def rescore(self, sparsities: list[float]) -> tuple[float, float]:
+        """Accuracy and reward of a finished episode's ``sparsities`` on the selection images.
+
+        These search-split images are never scored during episodes, so the best of many
+        episodes can be re-ranked on them without the optimism of having been picked on them.
+        """
+        accuracy = self.backend.score(sparsities, on="selection")
+        return accuracy, float(self.reward_fn(accuracy, self.backend.costs(sparsities)))
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode at the first unit."""
         super().reset(seed=seed)

@@ -54,9 +54,28 @@ def ratio(pruner: ChannelPruner, sparsities, metric: str = "flops") -> float:
 
 
 def test_scorer_scores_the_configured_slice(scorer, pruner):
-    assert len(scorer.labels) == 100
+    assert len(scorer.sets["search"][1]) == 100
     acc = scorer.evaluate(pruner.model)
     assert 0.0 <= acc <= 100.0 and acc == int(acc)  # percent of exactly 100 images
+    with pytest.raises(ValueError, match="no selection images"):
+        scorer.evaluate(pruner.model, on="selection")
+
+
+def test_selection_images_are_disjoint_from_scored_and_calibration_images(dataset, pruner):
+    scorer = Scorer(
+        dataset, ScoringConfig(images=100, selection_images=60, recalibrate=True, recalibration_images=40)
+    )
+    assert len(scorer.selection_index) == 60 and len(scorer.spare_index) == 40
+    parts = [set(scorer.index), set(scorer.spare_index), set(scorer.selection_index)]
+    assert set.union(*parts) == set(range(200)) and sum(map(len, parts)) == 200
+    labels = dataset.split("search").labels[scorer.selection_index]
+    assert scorer.sets["selection"][1].tolist() == labels.tolist()
+    assert 0.0 <= scorer.evaluate(pruner.model, on="selection") <= 100.0
+    # Too few images left for calibration: the message names both options.
+    with pytest.raises(ValueError, match="--selection-images"):
+        Scorer(
+            dataset, ScoringConfig(images=100, selection_images=90, recalibrate=True, recalibration_images=40)
+        )
 
 
 @pytest.mark.parametrize("metric", ["flops", "params"])

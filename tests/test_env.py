@@ -157,7 +157,7 @@ def test_gymnasium_make_builds_from_the_bundled_sample():
     inner = env.unwrapped
     assert isinstance(inner.backend, ChannelBackend)
     assert inner.config.model == "resnet20" and inner.config.dataset == "sample"
-    assert len(inner.backend.scorer.labels) == 32
+    assert len(inner.backend.scorer.sets["search"][1]) == 32
     env.action_space.seed(0)
     env.reset(seed=0)
     done = False

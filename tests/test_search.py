@@ -60,6 +60,10 @@ def tiny_search(runs_dir: Path, name: str, episodes: int, **overrides) -> Search
     )
 
 
+def finalists(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "finalists.json").read_text())
+
+
 def read_rows(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -131,11 +135,27 @@ def test_run_folder_contents(finished_run):
     best_row = max(rows, key=lambda r: float(r["reward"]))  # first of equals, as the search keeps
     assert state["best"]["episode"] == int(best_row["episode"])
     assert state["best"]["reward"] == pytest.approx(float(best_row["reward"]), abs=1e-6)
-    assert result["best"] == state["best"]
+
+    # The finalists: every episode here (6 < 10), best reward first; re-ranked on the selection images.
+    by_reward = sorted(rows, key=lambda r: (-float(r["reward"]), int(r["episode"])))
+    assert [c["episode"] for c in state["candidates"]] == [int(r["episode"]) for r in by_reward]
+    ranked = finalists(run_dir)
+    assert sorted(f["episode"] for f in ranked) == [1, 2, 3, 4, 5, 6]
+    selection_rewards = [f["selection_reward"] for f in ranked]
+    assert selection_rewards == sorted(selection_rewards, reverse=True)
+    for f in ranked:
+        assert f["selection_reward"] == pytest.approx(f["selection_accuracy"] / 100 - 1, abs=1e-6)
+        row = rows[f["episode"] - 1]
+        assert f["sparsities"] == pytest.approx([float(row[u]) for u in units], abs=1e-6)
+    final = ranked[0]
+    assert result["best"]["episode"] == final["episode"]
+    assert result["best"]["selection_accuracy"] == final["selection_accuracy"]
 
     policy = Policy.load(run_dir / "best_policy.json")
-    assert policy.metrics["episode"] == state["best"]["episode"]
-    assert policy.metrics["accuracy"] == pytest.approx(float(best_row["accuracy"]), abs=1e-4)
+    assert policy.metrics["episode"] == final["episode"]
+    assert policy.metrics["selection_accuracy"] == final["selection_accuracy"]
+    chosen = rows[final["episode"] - 1]
+    assert policy.metrics["accuracy"] == pytest.approx(float(chosen["accuracy"]), abs=1e-4)
     assert list(policy.sparsities) == units
     assert policy.ratios()["flops_ratio"] <= 0.5 and policy.model == "resnet20"
 
@@ -143,6 +163,18 @@ def test_run_folder_contents(finished_run):
         pos, full, episodes, baseline = z["meta"]
         assert (pos, full, episodes) == (72, 0, 6) and np.isfinite(baseline)
         assert z["dones"][:72, 0].sum() == 6 and z["dones"][11, 0] == 1
+
+
+def test_without_selection_images_the_best_episode_is_final(tmp_path):
+    config = tiny_search(tmp_path, "run", 4, finalists=2)
+    config.env.selection_images = 0
+    result = run_search(config, progress=False)
+    run_dir = tmp_path / "run"
+    state = json.loads((run_dir / "state.json").read_text())
+    assert not (run_dir / "finalists.json").exists() and len(state["candidates"]) == 2
+    top = {k: v for k, v in state["candidates"][0].items() if k != "sparsities"}
+    assert result["best"] == state["best"] == top
+    assert Policy.load(run_dir / "best_policy.json").metrics["episode"] == top["episode"]
 
 
 def test_agent_zip_loads_with_ddpg(finished_run):
@@ -315,7 +347,9 @@ def test_kill_9_then_resume_from_the_cli(tmp_path, sample_cache):
     state = json.loads((run_dir / "state.json").read_text())
     assert state["episodes"] == total and state["num_timesteps"] == total * 12
     assert state["noise"]["sigma"] == pytest.approx(expected_sigma(total))
-    assert Policy.load(run_dir / "best_policy.json").metrics["episode"] == state["best"]["episode"]
+    final = finalists(run_dir)[0]
+    assert Policy.load(run_dir / "best_policy.json").metrics["episode"] == final["episode"]
+    assert {c["episode"] for c in state["candidates"]} == {f["episode"] for f in finalists(run_dir)}
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -338,11 +372,12 @@ COMMON = {
     "--threads",
 }
 ENV_OPTIONS = {"--target", "--mode", "--reward", "--max-sparsity", "--round-to", "--criterion"}
-ENV_OPTIONS |= {"--no-reconstruct", "--no-recalibrate", "--search-images"}
+ENV_OPTIONS |= {"--no-reconstruct", "--no-recalibrate", "--search-images", "--selection-images"}
 OPTIONS = {
     "search": COMMON
     | ENV_OPTIONS
     | {"--agent", "--episodes", "--warmup", "--seed", "--envs", "--hp", "--runs-dir", "--name", "--resume"}
+    | {"--finalists"}
     | {"--episodes-override", "--no-progress", "--no-summary"},
     "apply": COMMON | ENV_OPTIONS | {"--policy", "--agent", "--finetune-epochs", "--finetune-lr", "--out"},
     "compare": COMMON | ENV_OPTIONS | {"--baselines", "--policy", "--trials", "--seed", "--out"},
