@@ -3,19 +3,21 @@
 * ``overhead``: one search episode (pseudo-prune to a random policy, score N images)
   divided by a plain dense forward pass over the same images; alternated, median.
 * ``speedup``: physical pruning to 50 % FLOPs (uniform policy): measured latency speed-up
-  divided by the FLOPs speed-up (1.0 = the physical limit).
+  divided by the FLOPs speed-up (1.0 = the physical limit), for the eager model and for its
+  deployed form (BatchNorm folded into the convolutions, as inference runtimes do).
 * ``latency``: the per-layer latency table's prediction beside the measured latency.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from amc.baselines import cost_ratio_fn, solve_uniform
 from amc.cost import measure_latency
@@ -74,34 +76,71 @@ def _uniform_pruned(model: nn.Module, target: float, input_hw: tuple[int, int], 
     return pruner, kept, pruner.export(kept)
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with each BatchNorm folded into the conv that alone feeds it.
+
+    Uses ``torch.fx`` (the model must be symbolically traceable, as every zoo model is).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    traced = fx.symbolic_trace(copy.deepcopy(model).eval())
+    modules = dict(traced.named_modules())
+    for node in list(traced.graph.nodes):
+        source = node.args[0] if node.args else None
+        if not (
+            node.op == "call_module"
+            and isinstance(modules[node.target], nn.BatchNorm2d)
+            and isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], nn.Conv2d)
+            and len(source.users) == 1
+        ):
+            continue
+        parent, _, name = source.target.rpartition(".")
+        folded = fuse_conv_bn_eval(modules[source.target], modules[node.target])
+        setattr(traced.get_submodule(parent), name, folded)
+        node.replace_all_uses_with(source)
+        traced.graph.erase_node(node)
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced
+
+
 def pruning_speedup(
     model: nn.Module,
     target: float = 0.5,
     batch: int = 32,
     repeats: int = 30,
     input_hw: tuple[int, int] = (32, 32),
+    round_to: int = 1,
 ) -> dict[str, float]:
     """Latency speed-up of the physically pruned model over its FLOPs speed-up.
 
-    The policy is uniform at ``target`` FLOPs; latencies are measured in alternating blocks
-    and the medians compared.
+    The policy is uniform at ``target`` FLOPs. Dense and pruned latencies are measured in
+    alternating blocks and their medians compared, once for the eager models (``ratio``) and
+    once with BatchNorm folded into the convolutions (``deployed_ratio``).
     """
-    pruner, kept, small = _uniform_pruned(model, target, input_hw)
+    pruner, kept, small = _uniform_pruned(model, target, input_hw, round_to)
     flops_speedup = pruner.cost.macs() / pruner.cost.macs(kept)
     size = (batch, 3, *input_hw)
-    dense_ms, pruned_ms = [], []
-    for _ in range(5):  # alternate measurement blocks
-        dense_ms.append(measure_latency(model, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
-        pruned_ms.append(measure_latency(small, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
-    latency_speedup = statistics.median(dense_ms) / statistics.median(pruned_ms)
-    return {
-        "dense_ms": statistics.median(dense_ms),
-        "pruned_ms": statistics.median(pruned_ms),
-        "latency_speedup": latency_speedup,
-        "flops_speedup": flops_speedup,
-        "ratio": latency_speedup / flops_speedup,
-        "batch": batch,
-    }
+    out: dict[str, float] = {"flops_speedup": flops_speedup, "batch": batch, "round_to": round_to}
+    pairs = {"": (model.eval(), small.eval()), "deployed_": (fold_batchnorm(model), fold_batchnorm(small))}
+    for prefix, (dense, pruned) in pairs.items():
+        dense_ms, pruned_ms = [], []
+        for _ in range(5):  # alternate measurement blocks
+            dense_ms.append(measure_latency(dense, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
+            pruned_ms.append(measure_latency(pruned, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
+        speedup = statistics.median(dense_ms) / statistics.median(pruned_ms)
+        out.update(
+            {
+                f"{prefix}dense_ms": statistics.median(dense_ms),
+                f"{prefix}pruned_ms": statistics.median(pruned_ms),
+                f"{prefix}latency_speedup": speedup,
+                f"{prefix}ratio": speedup / flops_speedup,
+            }
+        )
+    return out
 
 
 def latency_prediction(

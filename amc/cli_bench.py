@@ -70,14 +70,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     elif args.what == "speedup":
         for name in args.models:
             results[name] = pruning_speedup(
-                _model(name, args.checkpoint), args.target, args.batch, args.repeats
+                _model(name, args.checkpoint), args.target, args.batch, args.repeats, round_to=args.round_to
             )
             r = results[name]
-            print(
-                f"{name:<14} latency {r['dense_ms']:.2f} -> {r['pruned_ms']:.2f} ms "
-                f"(x{r['latency_speedup']:.2f}), "
-                f"FLOPs x{r['flops_speedup']:.2f}, ratio {r['ratio']:.3f} (batch {r['batch']})"
-            )
+            for prefix, form in (("", "eager"), ("deployed_", "BN folded")):
+                dense, pruned = r[prefix + "dense_ms"], r[prefix + "pruned_ms"]
+                print(
+                    f"{name:<14} {form:<9} latency {dense:.2f} -> {pruned:.2f} ms "
+                    f"(x{r[prefix + 'latency_speedup']:.2f}), FLOPs x{r['flops_speedup']:.2f}, "
+                    f"ratio {r[prefix + 'ratio']:.3f} (batch {r['batch']}, round_to {r['round_to']})"
+                )
     elif args.what == "latency":
         for name in args.models:
             results[name] = latency_prediction(_model(name, args.checkpoint), args.target, args.batch)
@@ -124,6 +126,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=7, help="repetitions (default: 7)")
     p.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the pruned model (default: 0.5)")
     p.add_argument("--batch", type=int, default=32, help="batch size of latency measurements (default: 32)")
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="kept channels are multiples of this, for 'speedup' (default: 1)",
+    )
     p.add_argument("--envs", type=int, default=2, help="parallel environments for 'envs' (default: 2)")
     p.add_argument("--episodes", type=int, default=8, help="timed episodes for 'envs' (default: 8)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")

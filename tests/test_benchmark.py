@@ -1,0 +1,36 @@
+"""Benchmark mechanics (no timings asserted): BatchNorm folding and the speed-up record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from amc.benchmark import fold_batchnorm, pruning_speedup
+from amc.models import create_model
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v1", "vgg16"])
+def test_folding_batchnorm_keeps_outputs(name):
+    torch.manual_seed(0)
+    model = create_model(name, width=0.25).eval()
+    for m in model.modules():  # non-trivial statistics, so folding has something to fold
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_speedup_record_has_both_forms():
+    torch.manual_seed(0)
+    result = pruning_speedup(create_model("resnet20", width=0.25), batch=2, repeats=5, round_to=2)
+    assert result["flops_speedup"] == pytest.approx(2.0, rel=0.1)
+    for prefix in ("", "deployed_"):
+        assert result[prefix + "dense_ms"] > 0 and result[prefix + "pruned_ms"] > 0
+        speedup = result[prefix + "dense_ms"] / result[prefix + "pruned_ms"]
+        assert result[prefix + "latency_speedup"] == pytest.approx(speedup)
+        assert result[prefix + "ratio"] == pytest.approx(speedup / result["flops_speedup"])
