@@ -96,7 +96,7 @@ WIDTH = {nn.Conv2d: ("in_channels", "out_channels"), nn.Linear: ("in_features", 
 def check_layer_widths(pruner: ChannelPruner, small: nn.Module, kept: list[int]) -> None:
     """The exported layers show exactly the kept channels.
 
-    A producer that carries all of a unit's channels keeps ``kept[u]`` of them, and every
+    A producer whose channels are exactly the unit's keeps ``kept[u]`` of them, and every
     layer loses exactly the input/output features that map to removed unit channels.
     """
     dense, exported = dict(pruner.model.named_modules()), dict(small.named_modules())
@@ -105,9 +105,9 @@ def check_layer_widths(pruner: ChannelPruner, small: nn.Module, kept: list[int])
         for item in unit.items:
             key = (item.module, item.is_output)
             lost[key] = lost.get(key, 0) + sum(r in removed for r in item.root)
-            if item.is_output and len(set(item.root)) == unit.channels:
+            width = WIDTH.get(type(dense[item.module]), ("", "num_features"))[1]
+            if item.is_output and len(set(item.root)) == unit.channels == getattr(dense[item.module], width):
                 m = exported[item.module]
-                width = WIDTH.get(type(m), ("", "num_features"))[1]
                 assert getattr(m, width) == k, f"unit {unit.name}: {item.module}.{width} != kept {k}"
     for (name, is_output), count in lost.items():
         m = exported[name]
@@ -224,8 +224,8 @@ class Net(nn.Module):
 
 
 BLOCKS = ("conv", "residual", "separable", "inverted", "concat", "dense", "maxpool", "avgpool")
-# On a concatenated tensor these tie both branches into one unit (a depthwise conv or an
-# addition): the "coupled concat" class, see the xfail tests below.
+# On a concatenated tensor these tie both branches into one unit of several segments (a
+# depthwise conv or an addition): the "coupled concat" class, tested on its own below.
 COUPLING = ("separable", "inverted-dw", "inverted-skip", "residual-identity")
 
 
@@ -344,30 +344,23 @@ def test_random_architecture_many(seed):
     random_case(seed)
 
 
-COUPLED_REASON = (
-    "a concatenation followed by a depthwise conv or a residual addition ties both branches into "
-    "one unit; removal follows importance, not branch proportions, so the closed-form cost "
-    "model (which spreads a unit's removed channels proportionally over its layers) is not exact, "
-    "and a branch can lose all its channels, which exports a 0-channel conv"
-)
-FLATTEN_REASON = (
-    "torch-pruning 1.6 disables a concat's index mapping when the concat feeds flatten->Linear "
-    "without global pooling (infer_in_channels_recursively returns Linear.in_features = C*H*W, "
-    "!= sum of the concat inputs), so the branches are merged into one wrong unit: the cost "
-    "model is wrong and the exported Linear gets the wrong in_features"
-)
+@pytest.mark.parametrize("seed", range(10))
+def test_random_architectures_with_coupled_concat(seed):
+    """A concat then a depthwise conv or an addition: one unit of several segments."""
+    random_case(seed, hazard="coupled")
 
 
-@pytest.mark.xfail(reason=COUPLED_REASON, strict=True)
-def test_random_architectures_with_coupled_concat():
-    for seed in range(10):
-        random_case(seed, hazard="coupled")
-
-
-@pytest.mark.xfail(reason=FLATTEN_REASON, strict=True)
 def test_random_architectures_with_flattened_concat():
+    """torch-pruning 1.6 merges the branches of a concat flattened into a Linear (no pooling):
+    ``analyse`` refuses such a net with a clear error; the others prune correctly."""
+    refused = 0
     for seed in range(10):
-        random_case(seed, hazard="flatten")
+        try:
+            random_case(seed, hazard="flatten")
+        except UnsupportedModuleError as exc:
+            assert "channel pruning cannot follow this layout" in str(exc)
+            refused += 1
+    assert refused
 
 
 def concat_depthwise_net() -> nn.Module:
@@ -391,17 +384,19 @@ def test_concat_then_depthwise_forms_one_unit_and_prunes_consistently():
     assert {"blocks.1.a.0", "blocks.1.b.1.0"} <= set(unit.producers)
     assert pruner.importance[unit.index].shape == (10,)
     kept = [u.channels for u in pruner.units]
-    kept[unit.index] = 5  # removes 5 of branch b's 6 channels, none of branch a's
+    assert unit.segments == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    # 5 kept: one per branch, the other 3 in proportion to 3:5 spare channels -> 2 + 3, each
+    # branch's most important (by importance alone, branch b would keep 1 channel).
+    kept[unit.index] = 5
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         pseudo = pruner.apply(kept)(x).clone()
     small = pruner.export(kept)
-    assert small.blocks[1].a[0].out_channels == 4 and small.blocks[1].b[1][0].out_channels == 1
+    assert small.blocks[1].a[0].out_channels == 2 and small.blocks[1].b[1][0].out_channels == 3
     with torch.no_grad():
         assert rel_err(pseudo, small(x)) <= RTOL
 
 
-@pytest.mark.xfail(reason=COUPLED_REASON, strict=True)
 def test_concat_then_depthwise_cost_is_exact():
     net = concat_depthwise_net()
     pruner = ChannelPruner(net, (1, 3, 16, 16))
@@ -411,17 +406,27 @@ def test_concat_then_depthwise_cost_is_exact():
     assert pruner.cost.cost(kept) == thop_count(small, torch.zeros(1, 3, 16, 16))
 
 
-@pytest.mark.xfail(reason=FLATTEN_REASON, strict=True)
-def test_concat_flattened_into_linear():
-    """Minimal repro: stem -> pool to 4x4 -> cat[1x1 -> 4, 1x1-3x3 -> 4] -> flatten -> Linear(128)."""
+def test_concat_flattened_into_linear_is_refused():
+    """Minimal repro: stem -> pool to 4x4 -> cat[1x1 -> 4, 1x1-3x3 -> 4] -> flatten -> Linear(128).
+
+    torch-pruning maps both branches to the first 64 inputs of the Linear; the probe sees 128.
+    """
     torch.manual_seed(0)
     net = randomize(
         Net([cbr(3, 8), nn.MaxPool2d(4), Concat(8, 4, 4)], [nn.Flatten(), nn.Linear(8 * 16, 3)]), 0
     )
+    with pytest.raises(UnsupportedModuleError, match=r"layer 'head\.1' \(Linear\) reads 128 input features"):
+        ChannelPruner(net, (1, 3, 16, 16))
+    # With global pooling before the head the same concat prunes correctly.
+    net = randomize(
+        Net(
+            [cbr(3, 8), nn.MaxPool2d(4), Concat(8, 4, 4)],
+            [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)],
+        ),
+        0,
+    )
     pruner = ChannelPruner(net, (1, 3, 16, 16))
-    assert "blocks.2.a.0" in pruner.unit_names and "blocks.2.b.1.0" in pruner.unit_names
-    kept = pruner.kept_for([0.5] * len(pruner.units))
-    check_equivalence(pruner, kept, torch.randn(2, 3, 16, 16))
+    check_equivalence(pruner, pruner.kept_for([0.5] * len(pruner.units)), torch.randn(2, 3, 16, 16))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from amc.pruning.cost import CostModel
 from amc.pruning.importance import channel_importance
 from amc.pruning.reconstruct import Reconstructor
-from amc.pruning.units import PruningGraph, PruningUnit, analyse, zero_channels
+from amc.pruning.units import PruningGraph, PruningUnit, analyse, split_kept, zero_channels
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,28 @@ class ChannelPruner:
         return [u.name for u in self.units]
 
     def kept_for(self, sparsities: Sequence[float]) -> list[int]:
-        """Kept channels per unit for per-unit sparsities (in unit order)."""
+        """Kept channels per unit for per-unit sparsities (in unit order).
+
+        A unit that joins several concatenated branches keeps at least one channel per branch.
+        """
         if len(sparsities) != len(self.units):
             raise ValueError(f"expected {len(self.units)} sparsities (one per unit), got {len(sparsities)}")
         return [
-            kept_channels(u.channels, s, self.round_to) for u, s in zip(self.units, sparsities, strict=True)
+            max(kept_channels(u.channels, s, self.round_to), len(u.segments))
+            for u, s in zip(self.units, sparsities, strict=True)
         ]
 
     def removed_channels(self, kept: Sequence[int]) -> list[set[int]]:
-        """Root indices of the removed channels per unit: the least important ones."""
+        """Root indices of the removed channels per unit: the least important of each segment."""
         out = []
-        for k, imp in zip(kept, self.importance, strict=True):
-            order = torch.argsort(imp, descending=True, stable=True)
-            out.append({int(i) for i in order[k:]})
+        for unit, k, imp in zip(self.units, kept, self.importance, strict=True):
+            removed: set[int] = set()
+            sizes = [len(seg) for seg in unit.segments]
+            for seg, keep in zip(unit.segments, split_kept(k, sizes), strict=True):
+                roots = torch.tensor(seg)
+                order = roots[torch.argsort(imp[roots], descending=True, stable=True)]
+                removed.update(int(i) for i in order[keep:])
+            out.append(removed)
         return out
 
     def sparsities_by_name(self, policy: Mapping[str, float]) -> list[float]:

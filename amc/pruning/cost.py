@@ -1,16 +1,18 @@
 """Closed-form FLOPs (MACs) and parameter counts of a network as a function of kept channels.
 
 Every layer's cost at full width is ultralytics-thop's count; pruning scales it by the
-fraction of its input and output features that remain. Dense convolutions and linear layers
-scale with both (``kept_in * kept_out``), everything else (BatchNorm, depthwise convs,
-pooling) with its channels. The result equals thop's count on the physically pruned model.
+fraction of its input and output features that remain. A unit's kept channels are spread
+over its segments by :func:`~amc.pruning.units.split_kept`, exactly as the pruner removes
+them. Dense convolutions and linear layers scale with both (``kept_in * kept_out``),
+everything else (BatchNorm, depthwise convs, pooling) with its channels. The result equals
+thop's count on the physically pruned model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amc.pruning.units import ModuleInfo, PruningGraph
+from amc.pruning.units import ModuleInfo, PruningGraph, split_kept
 
 
 class CostModel:
@@ -24,9 +26,19 @@ class CostModel:
         self.graph = graph
         self.channels = [u.channels for u in graph.units]
         self.full = list(self.channels)
+        self.sizes = [[len(seg) for seg in u.segments] for u in graph.units]
+        self.segment_sizes = [n for sizes in self.sizes for n in sizes]
+
+    def removed(self, kept: Sequence[int]) -> list[int]:
+        """Removed channels per segment (all units' segments in a row) for ``kept`` per unit."""
+        return [
+            n - k
+            for sizes, unit_kept in zip(self.sizes, kept, strict=True)
+            for n, k in zip(sizes, split_kept(unit_kept, sizes), strict=True)
+        ]
 
     def _kept(self, total: int, attr: dict[int, int], removed: Sequence[int]) -> int:
-        return total - sum(removed[u] * count // self.channels[u] for u, count in attr.items())
+        return total - sum(removed[s] * count // self.segment_sizes[s] for s, count in attr.items())
 
     def _scales(self, info: ModuleInfo, removed: Sequence[int]) -> tuple[int, int, int, int]:
         kin = self._kept(info.c_in, info.in_attr, removed)
@@ -34,7 +46,7 @@ class CostModel:
         return info.c_in, kin, info.c_out, kout
 
     def module_cost(self, info: ModuleInfo, removed: Sequence[int]) -> tuple[int, int]:
-        """MACs and parameters of one layer when ``removed[u]`` channels of unit ``u`` are gone."""
+        """MACs and parameters of one layer when ``removed[s]`` channels of segment ``s`` are gone."""
         cin, kin, cout, kout = self._scales(info, removed)
         if info.mixing:
             macs = info.macs // (cin * cout) * kin * kout
@@ -49,8 +61,9 @@ class CostModel:
 
     def cost(self, kept: Sequence[int] | None = None) -> tuple[int, int]:
         """Total MACs and parameters with ``kept[u]`` channels in unit ``u`` (``None``: full width)."""
-        kept = self.full if kept is None else kept
-        removed = [n - k for n, k in zip(self.channels, kept, strict=True)]
+        return self._cost(self.removed(self.full if kept is None else kept))
+
+    def _cost(self, removed: Sequence[int]) -> tuple[int, int]:
         macs = params = 0
         for info in self.graph.modules.values():
             m, p = self.module_cost(info, removed)
@@ -68,7 +81,7 @@ class CostModel:
 
     def layer_widths(self, kept: Sequence[int]) -> dict[str, tuple[int, int]]:
         """Kept (input, output) channels of every convolution and linear layer."""
-        removed = [n - k for n, k in zip(self.channels, kept, strict=True)]
+        removed = self.removed(kept)
         out = {}
         for name, info in self.graph.modules.items():
             if info.type in ("Conv2d", "Linear"):
@@ -79,8 +92,10 @@ class CostModel:
     def annotate_units(self) -> None:
         """Set each unit's ``flops``/``params``: the cost that disappears when it is fully removed."""
         total_macs, total_params = self.cost()
+        owners = [index for index, _ in self.graph.segments()]
         for u in self.graph.units:
-            kept = list(self.full)
-            kept[u.index] = 0
-            macs, params = self.cost(kept)
+            removed = [
+                n if owner == u.index else 0 for owner, n in zip(owners, self.segment_sizes, strict=True)
+            ]
+            macs, params = self._cost(removed)
             u.flops, u.params = total_macs - macs, total_params - params

@@ -59,6 +59,10 @@ class PruningUnit:
         producers: Layers whose output channels the unit removes.
         consumers: Layers whose input channels the unit removes.
         items: The channel index maps of every layer in the unit.
+        segments: The unit's channels (root indices) split where its layers split them: one
+            segment, unless a concatenation joins several branches into the unit (e.g. a
+            depthwise conv or an addition after it). Each segment keeps its share of the
+            kept channels (see :func:`split_kept`), so no branch is ever emptied.
     """
 
     index: int
@@ -74,14 +78,41 @@ class PruningUnit:
     producers: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     items: list[UnitItem] = field(default_factory=list)
+    segments: list[list[int]] = field(default_factory=list)
+
+
+def split_kept(kept: int, sizes: list[int]) -> list[int]:
+    """Kept channels per segment: one each, the rest in proportion to the segments' sizes.
+
+    The remainder goes by largest fraction (ties: the earlier segment). A single segment keeps
+    ``kept``; several keep ``max(kept, len(sizes))`` in all, so no branch is ever emptied.
+    """
+    if len(sizes) == 1:
+        return [min(kept, sizes[0])]
+    extra = max(kept, len(sizes)) - len(sizes)
+    spare = [s - 1 for s in sizes]
+    exact = [extra * c / sum(spare) for c in spare] if sum(spare) else [0.0] * len(sizes)
+    out = [int(e) for e in exact]
+    for i in sorted(range(len(sizes)), key=lambda i: (out[i] - exact[i], i))[: extra - sum(out)]:
+        out[i] += 1
+    return [1 + o for o in out]
+
+
+def _segments(items: list[UnitItem], channels: int) -> list[list[int]]:
+    """The coarsest partition of the unit's root indices that every layer's share respects."""
+    parts = [set(range(channels))]
+    for share in {frozenset(i.root) for i in items}:
+        parts = [q for p in parts for q in (p & share, p - share) if q]
+    return sorted((sorted(p) for p in parts), key=lambda p: p[0])
 
 
 @dataclass
 class ModuleInfo:
-    """A leaf module's cost at full width and which units its channels belong to.
+    """A leaf module's cost at full width and which unit segments its channels belong to.
 
-    ``in_attr``/``out_attr`` map a unit index to the number of this module's input/output
-    features that belong to the unit (``channels`` times the spatial size after flattening).
+    ``in_attr``/``out_attr`` map a segment (its position in :meth:`PruningGraph.segments`)
+    to the number of this module's input/output features in it (channels times the spatial
+    size after flattening).
     """
 
     name: str
@@ -104,6 +135,10 @@ class PruningGraph:
     modules: dict[str, ModuleInfo]
     input_shape: tuple[int, ...]
     output_layers: list[str]
+
+    def segments(self) -> list[tuple[int, list[int]]]:
+        """Every unit's segments in unit order, as ``(unit index, root indices)``."""
+        return [(u.index, seg) for u in self.units for seg in u.segments]
 
     def unit(self, name: str) -> PruningUnit:
         """Look a unit up by name; the error lists the valid names."""
@@ -193,10 +228,11 @@ def _make_unit(items: list[UnitItem], modules: dict[str, nn.Module], order: list
         kind = "linear" if isinstance(first, nn.Linear) else "conv"
     in_shape = shapes[layers[0]][0]
     conv = isinstance(first, nn.Conv2d)
+    channels = len({r for i in items for r in i.root})
     return PruningUnit(
         index=-1,
         name=layers[0],
-        channels=len({r for i in items for r in i.root}),
+        channels=channels,
         kind=kind,
         in_channels=in_shape[1],
         in_hw=(in_shape[2], in_shape[3]) if len(in_shape) == 4 else (1, 1),
@@ -207,6 +243,7 @@ def _make_unit(items: list[UnitItem], modules: dict[str, nn.Module], order: list
             {i.module for i in items if not i.is_output}, key=lambda n: order.index(n) if n in order else 0
         ),
         items=items,
+        segments=_segments(items, channels),
     )
 
 
@@ -274,7 +311,10 @@ def _positivise(model: nn.Module, seed: int = 0) -> None:
 
 
 def probe_attribution(model: nn.Module, units: list[PruningUnit], x: Tensor) -> dict[str, tuple[dict, dict]]:
-    """For every leaf module: unit index -> number of its input and output features in that unit."""
+    """For every leaf module: segment -> number of its input and output features in that segment.
+
+    Segments are numbered as :meth:`PruningGraph.segments` lists them (unit by unit).
+    """
     probe = copy.deepcopy(model).eval()
     _positivise(probe)
     leaves = _leaf_modules(probe)
@@ -294,9 +334,10 @@ def probe_attribution(model: nn.Module, units: list[PruningUnit], x: Tensor) -> 
         with torch.no_grad():
             probe(x)
             base = dict(active)
-            for u in units:
+            segments = [(u, seg) for u in units for seg in u.segments]
+            for k, (u, seg) in enumerate(segments):
                 active.clear()
-                zero_channels(probe, u, set(range(u.channels)))
+                zero_channels(probe, u, set(seg))
                 probe(x)
                 for name, (ain, aout) in active.items():
                     bin_, bout = base[name]
@@ -304,14 +345,64 @@ def probe_attribution(model: nn.Module, units: list[PruningUnit], x: Tensor) -> 
                     silent_out = int((bout & ~aout).sum()) if aout.shape == bout.shape else 0
                     entry = result.setdefault(name, ({}, {}))
                     if silent_in:
-                        entry[0][u.index] = silent_in
+                        entry[0][k] = silent_in
                     if silent_out:
-                        entry[1][u.index] = silent_out
+                        entry[1][k] = silent_out
                 probe.load_state_dict(state)
     finally:
         for h in handles:
             h.remove()
     return result
+
+
+def _mapping_error(module: str, m: nn.Module, unit: PruningUnit, detail: str) -> UnsupportedModuleError:
+    return UnsupportedModuleError(
+        f"layer '{module}' ({type(m).__name__}) {detail} of unit '{unit.name}': channel pruning "
+        "cannot follow this layout (e.g. a concatenation flattened straight into a Linear layer; "
+        "pool globally before the classifier)"
+    )
+
+
+def check_index_maps(units: list[PruningUnit], leaves: dict[str, nn.Module]) -> None:
+    """Every index torch-pruning maps a unit to must exist in its layer.
+
+    Raises:
+        UnsupportedModuleError: Naming the layer whose mapping points past its channels.
+    """
+    for u in units:
+        for item in u.items:
+            m = leaves.get(item.module)
+            weight = getattr(m, "weight", None)
+            if weight is None or (not item.is_output and not _is_mixing(m)):
+                continue
+            size = weight.shape[0 if item.is_output else 1]
+            if item.idxs and max(item.idxs) >= size:
+                side = "output" if item.is_output else "input"
+                raise _mapping_error(item.module, m, u, f"has {size} {side} channels, fewer than the mapping")
+
+
+def check_against_probe(units: list[PruningUnit], attribution: dict, leaves: dict[str, nn.Module]) -> None:
+    """Every consumer must lose exactly the input features the probe saw go silent with its unit.
+
+    torch-pruning's index maps are wrong in a few layouts (a concatenation flattened straight
+    into a Linear layer merges the branches); pruning with them would break the network.
+
+    Raises:
+        UnsupportedModuleError: Naming the consumer whose mapping disagrees with the probe.
+    """
+    first = 0
+    for u in units:
+        segments = range(first, first + len(u.segments))
+        first += len(u.segments)
+        for item in u.items:
+            m = leaves.get(item.module)
+            if item.is_output or m is None or not _is_mixing(m):
+                continue
+            seen = sum(attribution.get(item.module, ({}, {}))[0].get(k, 0) for k in segments)
+            if seen != len(item.idxs):
+                raise _mapping_error(
+                    item.module, m, u, f"reads {seen} input features, not the mapped {len(item.idxs)},"
+                )
 
 
 def _thop_macs(model: nn.Module, x: Tensor) -> dict[str, int]:
@@ -342,7 +433,8 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> 
         input_shape: Shape of one example input batch.
 
     Raises:
-        UnsupportedModuleError: A layer with weights that cannot be channel-pruned.
+        UnsupportedModuleError: A layer with weights that cannot be channel-pruned, or a
+            layout whose channel mapping the dependency graph gets wrong.
     """
     check_supported(model)
     was_training = model.training
@@ -351,9 +443,11 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> 
     x = torch.rand(input_shape, generator=torch.Generator().manual_seed(0)).to(device) + 0.1
     shapes = _trace(model, x)
     units = find_units(model, x, shapes)
-    attribution = probe_attribution(model, units, torch.cat([x] * max(1, 4 // input_shape[0])))
-    macs = _thop_macs(model, x)
     leaves = _leaf_modules(model)
+    check_index_maps(units, leaves)
+    attribution = probe_attribution(model, units, torch.cat([x] * max(1, 4 // input_shape[0])))
+    check_against_probe(units, attribution, leaves)
+    macs = _thop_macs(model, x)
     infos = {}
     for name, (in_shape, out_shape) in shapes.items():
         m = leaves[name]
