@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 RATIOS = ("flops_ratio", "params_ratio", "latency_ratio")
 
 
-def episode_summary(ep: int, info: dict) -> dict:
+def episode_summary(ep: int | None, info: dict) -> dict:
     """Episode number, reward, accuracy and cost ratios of a finished episode's ``info``."""
     return {
         "episode": ep,
@@ -151,7 +151,7 @@ class SearchCallback(BaseCallback):
 
     def _keep_candidate(self, ep: int, info: dict) -> None:
         """Keep the ``finalists`` best episodes by reward (ties: the earlier episode)."""
-        candidate = {**episode_summary(ep, info), "sparsities": [float(s) for s in info["sparsities"]]}
+        candidate = {**episode_summary(ep, info), "source": "episode", "sparsities": list(info["sparsities"])}
         self.candidates.append(candidate)
         self.candidates.sort(key=lambda c: (-c["reward"], c["episode"]))
         del self.candidates[self.finalists :]

@@ -17,13 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-from amc.agents.callbacks import SearchCallback
+from amc.agents.callbacks import SearchCallback, episode_summary
 from amc.agents.factory import ALGORITHMS, load_preset, make_agent
+from amc.agents.transfer import play_episode
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from amc.baselines import TargetError, cost_ratio_fn, solve_uniform
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +143,7 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
     agent.save(run_dir / "agent.zip")
     best = callback.best
     if config.env.selection_images and callback.candidates:
-        best = select_final(env, callback)
+        best = select_final(env, callback, agent)
     return {
         "run_dir": str(run_dir),
         "episodes": callback.episodes,
@@ -149,38 +153,52 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
     }
 
 
-def select_final(env: PruningEnv, callback: SearchCallback) -> dict:
+def _extra_candidates(env: PruningEnv, agent: Any) -> list[dict]:
+    """The trained actor's deterministic episode and, in channel mode with a budget, the uniform policy."""
+    plays = {"actor": lambda obs: agent.predict(obs, deterministic=True)[0]}
+    if env.backend.mode == "channel" and env.config.target is not None and env.config.metric != "latency":
+        pruner = env.backend.pruner
+        cost = cost_ratio_fn(pruner, env.config.metric)
+        try:
+            uniform = solve_uniform(pruner, env.config.target, cost, env.config.max_sparsity)[0]
+            plays["uniform"] = lambda obs: np.array([env.to_action(uniform)], dtype=np.float32)
+        except TargetError:
+            pass
+    rows = []
+    for source, act in plays.items():
+        info = play_episode(env, act)
+        rows.append({**episode_summary(None, info), "source": source, "sparsities": list(info["sparsities"])})
+    return rows
+
+
+def select_final(env: PruningEnv, callback: SearchCallback, agent: Any) -> dict:
     """Re-score the finalists on the selection images; the best there becomes ``best_policy.json``.
 
     The best of hundreds of episodes, each scored on the same few thousand images, is the
     luckiest as much as the best (its score is biased upwards). Re-ranking the top few on
-    images that no episode was scored on removes that bias from the choice. The ranking goes
-    to ``finalists.json``; TensorBoard gets ``final/*`` scalars and the chosen policy.
+    images that no episode was scored on removes that bias from the choice. The finalists are
+    the best episodes by reward, the trained actor's noise-free episode and the uniform policy
+    (so a search never hands back a policy that does worse than uniform there). The ranking
+    goes to ``finalists.json``; TensorBoard gets ``final/*`` scalars and the chosen policy.
     """
     rows = []
-    for candidate in callback.candidates:
+    for candidate in callback.candidates + _extra_candidates(env, agent):
         accuracy, reward = env.rescore(candidate["sparsities"])
         rows.append({**candidate, "selection_accuracy": accuracy, "selection_reward": reward})
-    rows.sort(key=lambda r: (-r["selection_reward"], r["episode"]))
+    rows.sort(key=lambda r: -r["selection_reward"])  # stable: ties keep the episodes' order
     run_dir = callback.run_dir
     (run_dir / "finalists.json").write_text(json.dumps(rows, indent=1))
     final = {k: v for k, v in rows[0].items() if k != "sparsities"}
-    policy = env.backend.policy(
-        rows[0]["sparsities"],
-        accuracy=final["accuracy"],
-        reward=final["reward"],
-        selection_accuracy=final["selection_accuracy"],
-        episode=final["episode"],
-    )
+    metrics = {k: final[k] for k in ("accuracy", "reward", "selection_accuracy", "source", "episode")}
+    policy = env.backend.policy(rows[0]["sparsities"], **metrics)
     step = callback.episodes
-    for key in ("selection_accuracy", "accuracy", "episode"):
+    for key in ("selection_accuracy", "accuracy"):
         callback.writer.add_scalar(f"final/{key}", final[key], step)
-    title = f"final: episode {final['episode']}, selection accuracy {final['selection_accuracy']:.2f} %"
+    label = f"episode {final['episode']}" if final["source"] == "episode" else f"the {final['source']} policy"
+    title = f"final: {label}, selection accuracy {final['selection_accuracy']:.2f} %"
     callback.show_best(policy, step, title)
     callback.writer.flush()
-    log.info(
-        "final policy: episode %d (selection accuracy %.2f %%)", final["episode"], final["selection_accuracy"]
-    )
+    log.info("final policy: %s", title)
     return final
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from amc.agents.factory import ALGORITHMS
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
 
 from amc.policy import Policy
+
+
+def play_episode(env: PruningEnv, act: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Run one episode with ``act(observation) -> action``; return the last step's ``info``."""
+    obs, _ = env.reset(seed=0)
+    while True:
+        obs, _, terminated, truncated, info = env.step(act(obs))
+        if terminated or truncated:
+            return info
 
 
 def rollout_policy(agent_path: str | Path, config: EnvConfig, algo: str | None = None) -> Policy:
@@ -32,10 +43,5 @@ def rollout_policy(agent_path: str | Path, config: EnvConfig, algo: str | None =
             errors.append(f"{name}: {exc}")
     else:
         raise ValueError(f"cannot load agent {path}: {'; '.join(errors)}")
-    obs, _ = env.reset(seed=0)
-    done, info = False, {}
-    while not done:
-        action, _ = agent.predict(obs, deterministic=True)
-        obs, _, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
+    info = play_episode(env, lambda obs: agent.predict(obs, deterministic=True)[0])
     return Policy(**json.loads(info["policy_json"]))

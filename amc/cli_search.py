@@ -138,11 +138,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         result = run_search(config, progress=not args.no_progress)
     best = result["best"]
     print(f"run: {result['run_dir']}  ({result['episodes']} episodes, {result['seconds'] / 60:.1f} min)")
+    source = best.get("source", "episode")
+    label = f"episode {best.get('episode')}" if source == "episode" else f"the {source} policy"
     selection = (
         f", selection accuracy {best['selection_accuracy']:.2f} %" if "selection_accuracy" in best else ""
     )
     print(
-        f"best policy: episode {best.get('episode')}, search accuracy {best.get('accuracy', 0):.2f} %"
+        f"best policy: {label}, search accuracy {best.get('accuracy', 0):.2f} %"
         f"{selection}, FLOPs {best.get('flops_ratio', 0):.3f}, params {best.get('params_ratio', 0):.3f}"
     )
     if not args.no_summary:

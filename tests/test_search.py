@@ -140,23 +140,28 @@ def test_run_folder_contents(finished_run):
     by_reward = sorted(rows, key=lambda r: (-float(r["reward"]), int(r["episode"])))
     assert [c["episode"] for c in state["candidates"]] == [int(r["episode"]) for r in by_reward]
     ranked = finalists(run_dir)
-    assert sorted(f["episode"] for f in ranked) == [1, 2, 3, 4, 5, 6]
+    episodes = [f for f in ranked if f["source"] == "episode"]
+    assert sorted(f["episode"] for f in episodes) == [1, 2, 3, 4, 5, 6]
+    extra = {f["source"]: f for f in ranked if f["source"] != "episode"}
+    assert set(extra) == {"actor", "uniform"} and all(f["episode"] is None for f in extra.values())
+    assert len(set(extra["uniform"]["sparsities"][:-1])) == 1  # one sparsity (the wall may trim the last)
     selection_rewards = [f["selection_reward"] for f in ranked]
     assert selection_rewards == sorted(selection_rewards, reverse=True)
     for f in ranked:
         assert f["selection_reward"] == pytest.approx(f["selection_accuracy"] / 100 - 1, abs=1e-6)
+        assert f["flops_ratio"] <= 0.5
+    for f in episodes:
         row = rows[f["episode"] - 1]
         assert f["sparsities"] == pytest.approx([float(row[u]) for u in units], abs=1e-6)
+        assert f["accuracy"] == pytest.approx(float(row["accuracy"]), abs=1e-4)
     final = ranked[0]
-    assert result["best"]["episode"] == final["episode"]
-    assert result["best"]["selection_accuracy"] == final["selection_accuracy"]
+    assert result["best"] == {k: v for k, v in final.items() if k != "sparsities"}
 
     policy = Policy.load(run_dir / "best_policy.json")
-    assert policy.metrics["episode"] == final["episode"]
-    assert policy.metrics["selection_accuracy"] == final["selection_accuracy"]
-    chosen = rows[final["episode"] - 1]
-    assert policy.metrics["accuracy"] == pytest.approx(float(chosen["accuracy"]), abs=1e-4)
+    for key in ("episode", "source", "selection_accuracy", "accuracy"):
+        assert policy.metrics[key] == final[key], key
     assert list(policy.sparsities) == units
+    assert list(policy.sparsities.values()) == pytest.approx(final["sparsities"])
     assert policy.ratios()["flops_ratio"] <= 0.5 and policy.model == "resnet20"
 
     with np.load(run_dir / "buffer.npz") as z:
@@ -172,7 +177,7 @@ def test_without_selection_images_the_best_episode_is_final(tmp_path):
     run_dir = tmp_path / "run"
     state = json.loads((run_dir / "state.json").read_text())
     assert not (run_dir / "finalists.json").exists() and len(state["candidates"]) == 2
-    top = {k: v for k, v in state["candidates"][0].items() if k != "sparsities"}
+    top = {k: v for k, v in state["candidates"][0].items() if k not in ("sparsities", "source")}
     assert result["best"] == state["best"] == top
     assert Policy.load(run_dir / "best_policy.json").metrics["episode"] == top["episode"]
 
@@ -348,8 +353,10 @@ def test_kill_9_then_resume_from_the_cli(tmp_path, sample_cache):
     assert state["episodes"] == total and state["num_timesteps"] == total * 12
     assert state["noise"]["sigma"] == pytest.approx(expected_sigma(total))
     final = finalists(run_dir)[0]
+    assert Policy.load(run_dir / "best_policy.json").metrics["source"] == final["source"]
     assert Policy.load(run_dir / "best_policy.json").metrics["episode"] == final["episode"]
-    assert {c["episode"] for c in state["candidates"]} == {f["episode"] for f in finalists(run_dir)}
+    ranked_episodes = {f["episode"] for f in finalists(run_dir) if f["source"] == "episode"}
+    assert {c["episode"] for c in state["candidates"]} == ranked_episodes
 
 
 # --- the command line ----------------------------------------------------------------------------
