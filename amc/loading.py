@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from amc.data import Dataset, load_dataset
-from amc.models import create_model, read_manifest, shipped_checkpoint
+from amc.models import create_model, model_factory, read_manifest, shipped_checkpoint
 
 
 def resolve_checkpoint(model: str, checkpoint: str | Path | None) -> tuple[Path | None, dict]:
@@ -34,6 +34,7 @@ def load_model_and_data(
     Returns:
         The model on ``device`` in eval mode, the dataset, and the width used.
     """
+    model_factory(model)  # an unknown model fails here, before the dataset is decoded
     path, manifest = resolve_checkpoint(model, checkpoint)
     data_set = load_dataset(dataset, data, manifest.get("split_seed", split_seed), search_size, download)
     width = width if width is not None else manifest.get("width", 1.0)

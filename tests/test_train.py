@@ -311,6 +311,10 @@ def test_evaluate_unknown_model_without_checkpoint_lists_models(tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("amc: error: unknown model 'nope'") and "resnet20" in err
+    # The model name is checked before any data is read.
+    argv[argv.index("--data") + 1] = str(tmp_path / "absent")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("amc: error: unknown model 'nope'")
 
 
 @pytest.mark.parametrize(

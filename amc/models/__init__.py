@@ -27,6 +27,7 @@ __all__ = [
     "ModelError",
     "create_model",
     "load_checkpoint",
+    "model_factory",
     "read_manifest",
     "shipped_checkpoint",
 ]
@@ -62,6 +63,18 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     if not callable(factory):
         raise ModelError(f"'{spec}': module '{module_name}' has no callable '{attr}'")
     return factory
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The function that builds model ``name`` (a registry key or ``package.module:function``)."""
+    if ":" in name:
+        return _import_factory(name)
+    if name not in MODELS:
+        raise ModelError(
+            f"unknown model '{name}'; known models: {', '.join(MODELS)} "
+            "(or package.module:function for your own)"
+        )
+    return MODELS[name]
 
 
 def shipped_checkpoint(name: str) -> Path:
@@ -140,15 +153,11 @@ def create_model(
     Returns:
         The model in eval mode.
     """
+    factory = model_factory(name)
     if ":" in name:
-        model = _import_factory(name)(num_classes=num_classes, width=width)
-    elif name in MODELS:
-        model = MODELS[name](num_classes=num_classes, width=width, in_channels=in_channels)
+        model = factory(num_classes=num_classes, width=width)
     else:
-        raise ModelError(
-            f"unknown model '{name}'; known models: {', '.join(MODELS)} "
-            "(or package.module:function for your own)"
-        )
+        model = factory(num_classes=num_classes, width=width, in_channels=in_channels)
     if checkpoint == "shipped":
         checkpoint = shipped_checkpoint(name)
     if checkpoint is not None:
