@@ -291,21 +291,15 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         run = Path(run)
         table = {r["name"]: r for r in json.loads((run / "summary.json").read_text())}
         state = json.loads((run / "state.json").read_text())
-        rows.append(
-            (
-                run.name,
-                table["best"]["top1"],
-                table["uniform"]["top1"],
-                table["best"]["flops_ratio"],
-                table["uniform"]["flops_ratio"],
-                state["episodes"],
-                state["elapsed"] / 60,
-            )
-        )
+        chosen = json.loads((run / "best_policy.json").read_text())["metrics"]
+        source = chosen.get("source", "episode")
+        label = f"episode {chosen.get('episode')}" if source == "episode" else source
+        best, uniform = table["best"], table["uniform"]
+        rows.append((best["top1"], uniform["top1"], state["elapsed"] / 60))
         print(
-            f"{run.name}: best {rows[-1][1]:.2f} % (FLOPs {rows[-1][3]:.3f}), uniform {rows[-1][2]:.2f} % "
-            f"(FLOPs {rows[-1][4]:.3f}), gain {rows[-1][1] - rows[-1][2]:+.2f}, "
-            f"{rows[-1][5]} episodes, {rows[-1][6]:.1f} min"
+            f"{run.name}: best {best['top1']:.2f} % (FLOPs {best['flops_ratio']:.3f}, {label}), "
+            f"uniform {uniform['top1']:.2f} % (FLOPs {uniform['flops_ratio']:.3f}), "
+            f"gain {best['top1'] - uniform['top1']:+.2f}, {state['episodes']} episodes, {rows[-1][2]:.1f} min"
         )
 
     def stat(values: list[float]) -> str:
@@ -313,8 +307,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
     print(
-        f"{len(rows)} runs: best {stat([r[1] for r in rows])} %, uniform {stat([r[2] for r in rows])} %, "
-        f"gain {stat([r[1] - r[2] for r in rows])} points, {stat([r[6] for r in rows])} min per run"
+        f"{len(rows)} runs: best {stat([r[0] for r in rows])} %, uniform {stat([r[1] for r in rows])} %, "
+        f"gain {stat([r[0] - r[1] for r in rows])} points, {stat([r[2] for r in rows])} min per run"
     )
     return 0
 

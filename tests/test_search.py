@@ -426,3 +426,26 @@ def test_target_parsing():
     assert args.target == ("params", 0.3)
     assert build_parser().parse_args(["search", "--target", "none"]).target == ("flops", None)
     assert build_parser().parse_args(["search"]).target == ("flops", 0.5)
+
+
+def test_summarize_reports_mean_and_std_of_the_gain(tmp_path, capsys):
+    for k, (best, uniform, source) in enumerate([(75.0, 72.0, "episode"), (73.0, 72.0, "uniform")]):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        rows = [
+            {"name": "dense", "top1": 86.0, "flops_ratio": 1.0},
+            {"name": "best", "top1": best, "flops_ratio": 0.49},
+            {"name": "uniform", "top1": uniform, "flops_ratio": 0.5},
+        ]
+        (run / "summary.json").write_text(json.dumps(rows))
+        (run / "state.json").write_text(json.dumps({"episodes": 200, "elapsed": 480.0}))
+        (run / "best_policy.json").write_text(json.dumps({"metrics": {"source": source, "episode": 7}}))
+    assert main(["summarize", str(tmp_path / "run0"), str(tmp_path / "run1")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "gain +3.00" in out[0] and "episode 7" in out[0] and "gain +1.00" in out[1] and "uniform)" in out[1]
+    )
+    assert out[2] == (
+        "2 runs: best 74.00 ± 1.41 %, uniform 72.00 ± 0.00 %, "
+        "gain 2.00 ± 1.41 points, 8.00 ± 0.00 min per run"
+    )
