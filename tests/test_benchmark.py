@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize
 from torch import nn
 
 from amc.benchmark import fold_batchnorm, pruning_speedup
@@ -13,11 +14,7 @@ from amc.models import create_model
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v1", "vgg16"])
 def test_folding_batchnorm_keeps_outputs(name):
     torch.manual_seed(0)
-    model = create_model(name, width=0.25).eval()
-    for m in model.modules():  # non-trivial statistics, so folding has something to fold
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    model = randomize(create_model(name, width=0.25))  # non-trivial BatchNorms to fold
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(4, 3, 32, 32)

@@ -15,6 +15,7 @@ import random
 
 import pytest
 import torch
+from conftest import randomize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from thop import profile
@@ -41,22 +42,6 @@ ZOO_SLOW = [("resnet56", 1.0), ("resnet110", 1.0)]
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, random conv/linear biases."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.randn(n, generator=gen))
-                m.bias.copy_(torch.randn(n, generator=gen))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-    return model.eval()
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:

@@ -9,25 +9,12 @@ import re
 
 import pytest
 import torch
+from conftest import randomize
 from torch import nn
 
 from amc.models import create_model
 from amc.policy import Policy, PolicyError, apply_policy, model_signature
 from amc.pruning.channel import ChannelPruner
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so that equal outputs mean equal pruning."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.randn(n, generator=gen))
-                m.bias.copy_(torch.randn(n, generator=gen))
-    return model.eval()
 
 
 def fresh_copy(name: str, width: float, source: nn.Module) -> nn.Module:
