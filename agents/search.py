@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from amc.agents.callbacks import SearchCallback, episode_summary
 from amc.agents.factory import ALGORITHMS, load_preset, make_agent
@@ -27,7 +26,7 @@ from amc.envs.pruning_env import PruningEnv
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from amc.baselines import TargetError, cost_ratio_fn, solve_uniform
+from amc.baselines import TargetError, uniform_policy
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +152,33 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
     }
 
 
+def _candidate(env: PruningEnv, source: str, sparsities: list[float]) -> dict:
+    """A finalist that is not a recorded episode, scored on the search images like one."""
+    accuracy = env.backend.score(sparsities)
+    costs = env.backend.costs(sparsities)
+    info = {
+        "reward": float(env.reward_fn(accuracy, costs)),
+        "accuracy": accuracy,
+        **{f"{k}_ratio": v for k, v in costs.items() if not k.endswith("_absolute")},
+    }
+    return {**episode_summary(None, info), "source": source, "sparsities": list(sparsities)}
+
+
 def _extra_candidates(env: PruningEnv, agent: Any) -> list[dict]:
-    """The trained actor's deterministic episode and, in channel mode with a budget, the uniform policy."""
-    plays = {"actor": lambda obs: agent.predict(obs, deterministic=True)[0]}
-    if env.backend.mode == "channel" and env.config.target is not None and env.config.metric != "latency":
+    """The trained actor's noise-free episode, and the uniform policy in channel mode with a budget.
+
+    The uniform policy is exactly the one ``amc search`` compares against at the end.
+    """
+    actor = play_episode(env, lambda obs: agent.predict(obs, deterministic=True)[0])
+    rows = [_candidate(env, "actor", actor["sparsities"])]
+    config = env.config
+    if env.backend.mode == "channel" and config.target is not None and config.metric != "latency":
         pruner = env.backend.pruner
-        cost = cost_ratio_fn(pruner, env.config.metric)
         try:
-            uniform = solve_uniform(pruner, env.config.target, cost, env.config.max_sparsity)[0]
-            plays["uniform"] = lambda obs: np.array([env.to_action(uniform)], dtype=np.float32)
+            uniform = uniform_policy(pruner, config.target, config.metric)
         except TargetError:
-            pass
-    rows = []
-    for source, act in plays.items():
-        info = play_episode(env, act)
-        rows.append({**episode_summary(None, info), "source": source, "sparsities": list(info["sparsities"])})
+            return rows
+        rows.append(_candidate(env, "uniform", pruner.sparsities_by_name(uniform.sparsities)))
     return rows
 
 

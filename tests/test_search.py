@@ -144,7 +144,7 @@ def test_run_folder_contents(finished_run):
     assert sorted(f["episode"] for f in episodes) == [1, 2, 3, 4, 5, 6]
     extra = {f["source"]: f for f in ranked if f["source"] != "episode"}
     assert set(extra) == {"actor", "uniform"} and all(f["episode"] is None for f in extra.values())
-    assert len(set(extra["uniform"]["sparsities"][:-1])) == 1  # one sparsity (the wall may trim the last)
+    assert len(set(extra["uniform"]["sparsities"])) == 1  # one sparsity for every unit
     selection_rewards = [f["selection_reward"] for f in ranked]
     assert selection_rewards == sorted(selection_rewards, reverse=True)
     for f in ranked:
