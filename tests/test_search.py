@@ -219,6 +219,11 @@ def test_tensorboard_records(finished_run):
         assert [e.step for e in series] == [1, 2, 3, 4, 5, 6], tag
         np.testing.assert_allclose([e.value for e in series], expected, atol=1e-4, err_msg=tag)
 
+    final = finalists(run_dir)[0]
+    for tag, key in (("final/selection_accuracy", "selection_accuracy"), ("final/accuracy", "accuracy")):
+        (event,) = events.Scalars(tag)
+        assert event.step == 6 and event.value == pytest.approx(final[key], abs=1e-4), tag
+
     sigma = [e.value for e in events.Scalars("episode/noise_sigma")]
     np.testing.assert_allclose(sigma, [expected_sigma(k) for k in range(6)], rtol=1e-6)
 
