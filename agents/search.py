@@ -152,34 +152,32 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
     }
 
 
-def _candidate(env: PruningEnv, source: str, sparsities: list[float]) -> dict:
-    """A finalist that is not a recorded episode, scored on the search images like one."""
-    accuracy = env.backend.score(sparsities)
-    costs = env.backend.costs(sparsities)
-    info = {
-        "reward": float(env.reward_fn(accuracy, costs)),
-        "accuracy": accuracy,
-        **{f"{k}_ratio": v for k, v in costs.items() if not k.endswith("_absolute")},
-    }
-    return {**episode_summary(None, info), "source": source, "sparsities": list(sparsities)}
-
-
 def _extra_candidates(env: PruningEnv, agent: Any) -> list[dict]:
     """The trained actor's noise-free episode, and the uniform policy in channel mode with a budget.
 
     The uniform policy is exactly the one ``amc search`` compares against at the end.
     """
     actor = play_episode(env, lambda obs: agent.predict(obs, deterministic=True)[0])
-    rows = [_candidate(env, "actor", actor["sparsities"])]
+    rows = [{**episode_summary(None, actor), "source": "actor", "sparsities": actor["sparsities"]}]
     config = env.config
     if env.backend.mode == "channel" and config.target is not None and config.metric != "latency":
         pruner = env.backend.pruner
         try:
-            uniform = uniform_policy(pruner, config.target, config.metric)
+            uniform = pruner.sparsities_by_name(
+                uniform_policy(pruner, config.target, config.metric).sparsities
+            )
         except TargetError:
             return rows
-        rows.append(_candidate(env, "uniform", pruner.sparsities_by_name(uniform.sparsities)))
+        rows.append(
+            {**episode_summary(None, env.evaluate(uniform)), "source": "uniform", "sparsities": uniform}
+        )
     return rows
+
+
+def choice_label(choice: dict) -> str:
+    """``episode N``, or ``the actor policy`` / ``the uniform policy`` for the other finalists."""
+    source = choice.get("source", "episode")
+    return f"episode {choice.get('episode')}" if source == "episode" else f"the {source} policy"
 
 
 def select_final(env: PruningEnv, callback: SearchCallback, agent: Any) -> dict:
@@ -194,8 +192,14 @@ def select_final(env: PruningEnv, callback: SearchCallback, agent: Any) -> dict:
     """
     rows = []
     for candidate in callback.candidates + _extra_candidates(env, agent):
-        accuracy, reward = env.rescore(candidate["sparsities"])
-        rows.append({**candidate, "selection_accuracy": accuracy, "selection_reward": reward})
+        selection = env.evaluate(candidate["sparsities"], on="selection")
+        rows.append(
+            {
+                **candidate,
+                "selection_accuracy": selection["accuracy"],
+                "selection_reward": selection["reward"],
+            }
+        )
     rows.sort(key=lambda r: -r["selection_reward"])  # stable: ties keep the episodes' order
     run_dir = callback.run_dir
     (run_dir / "finalists.json").write_text(json.dumps(rows, indent=1))
@@ -205,8 +209,7 @@ def select_final(env: PruningEnv, callback: SearchCallback, agent: Any) -> dict:
     step = callback.episodes
     for key in ("selection_accuracy", "accuracy"):
         callback.writer.add_scalar(f"final/{key}", final[key], step)
-    label = f"episode {final['episode']}" if final["source"] == "episode" else f"the {final['source']} policy"
-    title = f"final: {label}, selection accuracy {final['selection_accuracy']:.2f} %"
+    title = f"final: {choice_label(final)}, selection accuracy {final['selection_accuracy']:.2f} %"
     callback.show_best(policy, step, title)
     callback.writer.flush()
     log.info("final policy: %s", title)

@@ -116,7 +116,7 @@ def env_config(args: argparse.Namespace):
 def cmd_search(args: argparse.Namespace) -> int:
     """``amc search``: learn a pruning policy with an RL agent; print dense vs best vs uniform."""
     from amc.agents.factory import parse_overrides
-    from amc.agents.search import SearchConfig, resume_search, run_search
+    from amc.agents.search import SearchConfig, choice_label, resume_search, run_search
 
     if args.resume:
         result = resume_search(args.resume, args.episodes_override, progress=not args.no_progress)
@@ -138,13 +138,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         result = run_search(config, progress=not args.no_progress)
     best = result["best"]
     print(f"run: {result['run_dir']}  ({result['episodes']} episodes, {result['seconds'] / 60:.1f} min)")
-    source = best.get("source", "episode")
-    label = f"episode {best.get('episode')}" if source == "episode" else f"the {source} policy"
     selection = (
         f", selection accuracy {best['selection_accuracy']:.2f} %" if "selection_accuracy" in best else ""
     )
     print(
-        f"best policy: {label}, search accuracy {best.get('accuracy', 0):.2f} %"
+        f"best policy: {choice_label(best)}, search accuracy {best.get('accuracy', 0):.2f} %"
         f"{selection}, FLOPs {best.get('flops_ratio', 0):.3f}, params {best.get('params_ratio', 0):.3f}"
     )
     if not args.no_summary:

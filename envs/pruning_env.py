@@ -78,14 +78,20 @@ class PruningEnv(gym.Env):
         """Inverse of :meth:`to_sparsity`."""
         return 2.0 * sparsity / self.config.max_sparsity - 1.0
 
-    def rescore(self, sparsities: list[float]) -> tuple[float, float]:
-        """Accuracy and reward of a finished episode's ``sparsities`` on the selection images.
+    def evaluate(self, sparsities: list[float], on: str = "search") -> dict[str, float]:
+        """Accuracy, reward and cost ratios (``flops_ratio``, ...) of a full set of sparsities.
 
-        These search-split images are never scored during episodes, so the best of many
-        episodes can be re-ranked on them without the optimism of having been picked on them.
+        ``on="search"`` scores the images every episode is scored on; ``on="selection"`` the
+        search-split images no episode sees, on which the best of many episodes can be
+        re-ranked without the optimism of having been picked on them.
         """
-        accuracy = self.backend.score(sparsities, on="selection")
-        return accuracy, float(self.reward_fn(accuracy, self.backend.costs(sparsities)))
+        accuracy = self.backend.score(sparsities, on)
+        costs = self.backend.costs(sparsities)
+        return {
+            "accuracy": accuracy,
+            "reward": float(self.reward_fn(accuracy, costs)),
+            **{f"{k}_ratio": v for k, v in costs.items() if not k.endswith("_absolute")},
+        }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode at the first unit."""
@@ -108,18 +114,13 @@ class PruningEnv(gym.Env):
         }
         if len(self._decided) < self.n:
             return self._observe(), 0.0, False, False, info
-        accuracy = self.backend.score(self._decided)
-        costs = self.backend.costs(self._decided)
-        reward = float(self.reward_fn(accuracy, costs))
-        ratios = {f"{k}_ratio": v for k, v in costs.items() if not k.endswith("_absolute")}
-        policy = self.backend.policy(self._decided, accuracy=accuracy, reward=reward)
+        result = self.evaluate(self._decided)
+        policy = self.backend.policy(self._decided, accuracy=result["accuracy"], reward=result["reward"])
         info.update(
-            accuracy=accuracy,
-            reward=reward,
+            **result,
             sparsities=list(self._decided),
-            **ratios,
             policy=policy.sparsities,
             policy_json=policy.to_json(),
         )
-        obs = observation(self.static, self.flags, self.rest, self.n - 1, 1.0 - costs["flops"], 1.0)
-        return obs, reward, True, False, info
+        obs = observation(self.static, self.flags, self.rest, self.n - 1, 1.0 - result["flops_ratio"], 1.0)
+        return obs, result["reward"], True, False, info

@@ -97,9 +97,8 @@ class ChannelPruner:
     def removed_channels(self, kept: Sequence[int]) -> list[set[int]]:
         """Root indices of the removed channels per unit: the least important of each segment."""
         out = []
-        for unit, k, imp in zip(self.units, kept, self.importance, strict=True):
+        for unit, k, imp, sizes in zip(self.units, kept, self.importance, self.cost.sizes, strict=True):
             removed: set[int] = set()
-            sizes = [len(seg) for seg in unit.segments]
             for seg, keep in zip(unit.segments, split_kept(k, sizes), strict=True):
                 roots = torch.tensor(seg)
                 order = roots[torch.argsort(imp[roots], descending=True, stable=True)]

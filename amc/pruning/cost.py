@@ -24,8 +24,7 @@ class CostModel:
 
     def __init__(self, graph: PruningGraph):
         self.graph = graph
-        self.channels = [u.channels for u in graph.units]
-        self.full = list(self.channels)
+        self.full = [u.channels for u in graph.units]
         self.sizes = [[len(seg) for seg in u.segments] for u in graph.units]
         self.segment_sizes = [n for sizes in self.sizes for n in sizes]
 
