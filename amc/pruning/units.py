@@ -138,7 +138,7 @@ class PruningGraph:
 
     def segments(self) -> list[tuple[int, list[int]]]:
         """Every unit's segments in unit order, as ``(unit index, root indices)``."""
-        return [(u.index, seg) for u in self.units for seg in u.segments]
+        return numbered_segments(self.units)
 
     def unit(self, name: str) -> PruningUnit:
         """Look a unit up by name; the error lists the valid names."""
@@ -310,10 +310,19 @@ def _positivise(model: nn.Module, seed: int = 0) -> None:
                     m.bias.fill_(1.0)
 
 
+def numbered_segments(units: list[PruningUnit]) -> list[tuple[int, list[int]]]:
+    """Every unit's segments in unit order, as ``(unit index, root indices)``.
+
+    A segment's position in this list is its number wherever segments are counted (the probe's
+    attribution, the cost model).
+    """
+    return [(u.index, seg) for u in units for seg in u.segments]
+
+
 def probe_attribution(model: nn.Module, units: list[PruningUnit], x: Tensor) -> dict[str, tuple[dict, dict]]:
     """For every leaf module: segment -> number of its input and output features in that segment.
 
-    Segments are numbered as :meth:`PruningGraph.segments` lists them (unit by unit).
+    Segments are numbered as :func:`numbered_segments` lists them.
     """
     probe = copy.deepcopy(model).eval()
     _positivise(probe)
@@ -334,10 +343,9 @@ def probe_attribution(model: nn.Module, units: list[PruningUnit], x: Tensor) -> 
         with torch.no_grad():
             probe(x)
             base = dict(active)
-            segments = [(u, seg) for u in units for seg in u.segments]
-            for k, (u, seg) in enumerate(segments):
+            for k, (index, seg) in enumerate(numbered_segments(units)):
                 active.clear()
-                zero_channels(probe, u, set(seg))
+                zero_channels(probe, units[index], set(seg))
                 probe(x)
                 for name, (ain, aout) in active.items():
                     bin_, bout = base[name]
@@ -390,10 +398,9 @@ def check_against_probe(units: list[PruningUnit], attribution: dict, leaves: dic
     Raises:
         UnsupportedModuleError: Naming the consumer whose mapping disagrees with the probe.
     """
-    first = 0
+    owners = [index for index, _ in numbered_segments(units)]
     for u in units:
-        segments = range(first, first + len(u.segments))
-        first += len(u.segments)
+        segments = [k for k, index in enumerate(owners) if index == u.index]
         for item in u.items:
             m = leaves.get(item.module)
             if item.is_output or m is None or not _is_mixing(m):
