@@ -52,9 +52,15 @@ def selection_table(name: str, checkpoint: str, target: float) -> dict[str, floa
     return results
 
 
+DEFAULT_REPEATS = {"overhead": 7, "speedup": 60}
+"""Repetitions per benchmark when ``--repeats`` is not given: a speed-up ratio of two short
+latencies needs many more to settle than the overhead of a whole episode."""
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Run one benchmark and print its table (and JSON with --json)."""
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    args.repeats = args.repeats or DEFAULT_REPEATS.get(args.what, 7)
     results = {}
     if args.what == "overhead":
         data = load_dataset("sample")
@@ -123,7 +129,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=["resnet20"], help="zoo models (default: resnet20)")
     p.add_argument("--checkpoint", default="shipped", help="'shipped' (if any) or 'none'")
     p.add_argument("--images", type=int, default=2000, help="images per episode (default: 2000)")
-    p.add_argument("--repeats", type=int, default=7, help="repetitions (default: 7)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="repetitions (default: 7 for overhead, 60 for speedup)"
+    )
     p.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the pruned model (default: 0.5)")
     p.add_argument("--batch", type=int, default=32, help="batch size of latency measurements (default: 32)")
     p.add_argument(
