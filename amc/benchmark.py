@@ -19,9 +19,12 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from amc.baselines import cost_ratio_fn, solve_uniform
+from amc.baselines import cost_ratio_fn, solve_uniform, uniform_policy
 from amc.cost import measure_latency
+from amc.data.base import Dataset
 from amc.pruning.channel import ChannelPruner
+from amc.report import compare
+from amc.scoring import Scorer, ScoringConfig, calibration_images
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -166,3 +169,24 @@ def latency_prediction(
         "predicted_speedup": dense.predicted_ms / pruned.predicted_ms,
         "measured_speedup": dense.measured_ms / pruned.measured_ms,
     }
+
+
+def selection_table(make_model: Callable[[], nn.Module], data: Dataset, target: float) -> dict[str, float]:
+    """Top-1 of the uniform policy at ``target`` FLOPs on ``data``'s test images, four ways.
+
+    With and without least-squares reconstruction and BatchNorm recalibration; ``dense`` is the
+    unpruned model. ``make_model`` builds a fresh copy of the model for each variant.
+    """
+    results = {}
+    for reconstruct in (False, True):
+        for recalibrate in (False, True):
+            scorer = Scorer(data, ScoringConfig(recalibrate=recalibrate))
+            images = calibration_images(data, 256, scorer.spare_index, seed=7) if reconstruct else None
+            pruner = ChannelPruner(make_model(), (1, 3, 32, 32), calibration=images)
+            policy = uniform_policy(pruner, target, "flops")
+            dense, pruned = compare(
+                pruner, data, {"uniform": [policy.kept[u.name] for u in pruner.units]}, scorer
+            )
+            results["dense"] = dense.top1
+            results[f"reconstruct={reconstruct} recalibrate={recalibrate}"] = pruned.top1
+    return results

@@ -7,12 +7,11 @@ import json
 
 import torch
 
-from amc.benchmark import episode_overhead, latency_prediction, pruning_speedup
+from amc.benchmark import episode_overhead, latency_prediction, pruning_speedup, selection_table
 from amc.data import load_dataset
 from amc.data.base import to_tensor
 from amc.loading import resolve_checkpoint
 from amc.models import create_model
-from amc.pruning.channel import ChannelPruner
 
 
 def _model(name: str, checkpoint: str) -> torch.nn.Module:
@@ -21,35 +20,6 @@ def _model(name: str, checkpoint: str) -> torch.nn.Module:
     except ValueError:  # no shipped checkpoint: timing does not depend on the weights
         path, manifest = None, {}
     return create_model(name, width=manifest.get("width", 1.0), checkpoint=path)
-
-
-def selection_table(name: str, checkpoint: str, target: float) -> dict[str, float]:
-    """Uniform policy at ``target`` FLOPs on held-out test images, four ways.
-
-    With and without least-squares reconstruction and BatchNorm recalibration.
-    """
-    from amc.baselines import uniform_policy
-    from amc.report import compare
-    from amc.scoring import Scorer, ScoringConfig, calibration_images
-
-    data = load_dataset("sample")
-    results = {}
-    for reconstruct in (False, True):
-        for recalibrate in (False, True):
-            model = _model(name, checkpoint)
-            scorer = Scorer(data, ScoringConfig(recalibrate=recalibrate))
-            images = calibration_images(data, 256, scorer.spare_index, seed=7) if reconstruct else None
-            pruner = ChannelPruner(model, (1, 3, 32, 32), calibration=images)
-            policy = uniform_policy(pruner, target, "flops")
-            rows = compare(pruner, data, {"uniform": [policy.kept[u.name] for u in pruner.units]}, scorer)
-            key = f"reconstruct={reconstruct} recalibrate={recalibrate}"
-            results[key] = rows[1].top1
-            results["dense"] = rows[0].top1
-            print(
-                f"{key:<38} top-1 {rows[1].top1:6.2f} %  "
-                f"(dense {rows[0].top1:.2f} %, FLOPs {rows[1].flops_ratio:.3f})"
-            )
-    return results
 
 
 DEFAULT_REPEATS = {"overhead": 7, "speedup": 60}
@@ -96,7 +66,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 f"{r['pruned_predicted_ms']:.2f} / measured {r['pruned_measured_ms']:.2f} ms"
             )
     elif args.what == "selection":
-        results = selection_table(args.models[0], args.checkpoint, args.target)
+        name = args.models[0]
+        results = selection_table(lambda: _model(name, args.checkpoint), load_dataset("sample"), args.target)
+        for key, top1 in results.items():
+            print(f"{key:<38} top-1 {top1:6.2f} %")
     else:  # envs
         from amc.agents.parallel import episodes_per_second
         from amc.envs.config import EnvConfig

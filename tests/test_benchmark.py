@@ -7,7 +7,7 @@ import torch
 from conftest import randomize
 from torch import nn
 
-from amc.benchmark import fold_batchnorm, pruning_speedup
+from amc.benchmark import fold_batchnorm, pruning_speedup, selection_table
 from amc.models import create_model
 
 
@@ -31,3 +31,15 @@ def test_speedup_record_has_both_forms():
         speedup = result[prefix + "dense_ms"] / result[prefix + "pruned_ms"]
         assert result[prefix + "latency_speedup"] == pytest.approx(speedup)
         assert result[prefix + "ratio"] == pytest.approx(speedup / result["flops_speedup"])
+
+
+def test_selection_table_on_the_shipped_resnet20(sample_dataset):
+    from amc.loading import resolve_checkpoint
+
+    path, _ = resolve_checkpoint("resnet20", "shipped")
+    table = selection_table(lambda: create_model("resnet20", checkpoint=path), sample_dataset, 0.5)
+    assert set(table) == {"dense"} | {
+        f"reconstruct={a} recalibrate={b}" for a in (False, True) for b in (False, True)
+    }
+    both, neither = table["reconstruct=True recalibrate=True"], table["reconstruct=False recalibrate=False"]
+    assert neither < both < table["dense"]
