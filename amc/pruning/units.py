@@ -23,6 +23,8 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from amc.cost.flops import layer_costs
+
 SUPPORTED_PARAM_TYPES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
@@ -412,23 +414,12 @@ def check_against_probe(units: list[PruningUnit], attribution: dict, leaves: dic
                 )
 
 
-def _thop_macs(model: nn.Module, x: Tensor) -> dict[str, int]:
-    """Per-leaf-module MACs as ultralytics-thop counts them (on a copy of the model)."""
-    from thop import profile
-
-    _, _, tree = profile(copy.deepcopy(model), inputs=(x,), verbose=False, ret_layer_info=True)
-    out: dict[str, int] = {}
-
-    def walk(node: dict, prefix: str) -> None:
-        for name, (ops, _, children) in node.items():
-            full = f"{prefix}{name}"
-            if children:
-                walk(children, full + ".")
-            else:
-                out[full] = int(ops)
-
-    walk(tree, "")
-    return out
+def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Per-leaf-module MACs (thop's rules, :func:`amc.cost.layer_costs`), summed over calls."""
+    macs: dict[str, int] = {}
+    for cost in layer_costs(model, input_shape):
+        macs[cost.name] = macs.get(cost.name, 0) + cost.macs
+    return macs
 
 
 def analyse(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> PruningGraph:
@@ -454,7 +445,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> 
     check_index_maps(units, leaves)
     attribution = probe_attribution(model, units, torch.cat([x] * max(1, 4 // input_shape[0])))
     check_against_probe(units, attribution, leaves)
-    macs = _thop_macs(model, x)
+    macs = _macs_by_module(model, tuple(input_shape))
     infos = {}
     for name, (in_shape, out_shape) in shapes.items():
         m = leaves[name]
