@@ -126,7 +126,7 @@ def make_agent(
         policy_kwargs["critic_lr_scale"] = float(amc.get("learning_rate_critic", 1e-3)) / actor_lr
         noise = DecayingTruncatedNormalNoise(
             float(amc.get("noise_sigma", 0.5)),
-            float(amc.get("noise_decay", 0.95)),
+            float(amc.get("noise_decay", 0.99)),
             warmup,
             size=1,
             seed=seed,

@@ -329,7 +329,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
     )
     p.add_argument("--agent", default="ddpg", choices=["ddpg", "td3", "sac"], help="RL agent (default: ddpg)")
     p.add_argument(
-        "--episodes", type=int, default=200, help="episodes in all, warm-up included (default: 200)"
+        "--episodes", type=int, default=300, help="episodes in all, warm-up included (default: 300)"
     )
     p.add_argument(
         "--warmup",

@@ -326,7 +326,7 @@ def test_make_agent_builds_every_algorithm(env, algo, cls):
         assert agent.policy.net_arch == [256, 256]
     else:
         assert isinstance(noise, DecayingTruncatedNormalNoise) and agent.action_noise is noise
-        assert (noise.sigma, noise.decay, noise.warmup_episodes) == (0.5, 0.95, 3)
+        assert (noise.sigma, noise.decay, noise.warmup_episodes) == (0.5, 0.99, 3)
         assert isinstance(agent.policy, AMCPolicy)
         assert agent.policy.net_arch == [300, 300]
         assert [m.out_features for m in agent.actor.mu if isinstance(m, torch.nn.Linear)] == [300, 300, 1]

@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from amc.cli import build_parser, main
 from amc.policy import Policy
 
-SIGMA, DECAY, WARMUP = 0.5, 0.95, 3  # the DDPG preset's noise, with a 3-episode warm-up
+SIGMA, DECAY, WARMUP = 0.5, 0.99, 3  # the DDPG preset's noise, with a 3-episode warm-up
 EPISODE_TAGS = ("episode/reward", "episode/accuracy", "episode/flops_ratio", "episode/params_ratio")
 CSV_COLUMN = {
     "episode/reward": "reward",
