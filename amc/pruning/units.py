@@ -400,9 +400,11 @@ def check_against_probe(units: list[PruningUnit], attribution: dict, leaves: dic
     Raises:
         UnsupportedModuleError: Naming the consumer whose mapping disagrees with the probe.
     """
-    owners = [index for index, _ in numbered_segments(units)]
+    segment_ids: dict[int, list[int]] = {}
+    for k, (index, _) in enumerate(numbered_segments(units)):
+        segment_ids.setdefault(index, []).append(k)
     for u in units:
-        segments = [k for k, index in enumerate(owners) if index == u.index]
+        segments = segment_ids.get(u.index, [])
         for item in u.items:
             m = leaves.get(item.module)
             if item.is_output or m is None or not _is_mixing(m):
