@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         "label_smoothing": "label smoothing of the cross-entropy",
         "amp": "none, or bf16 autocast",
         "seed": "seed of data order and augmentation",
+        "swa_epochs": "average the weights of this many last epochs, run at --swa-lr (SWA; 0 = off)",
+        "swa_lr": "constant learning rate of the SWA epochs",
     }
     for f in fields(TrainConfig):
         if f.name in helps:

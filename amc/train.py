@@ -1,8 +1,9 @@
 """Training, fine-tuning and evaluation loops, and BatchNorm recalibration.
 
 One straight-line loop: SGD with (Nesterov) momentum, a cosine or one-cycle learning-rate
-schedule stepped per batch, optional label smoothing and bf16 autocast. Every epoch writes
-``last.pt`` atomically, so ``resume=True`` continues an interrupted run exactly.
+schedule stepped per batch, optional label smoothing, bf16 autocast and stochastic weight
+averaging (SWA, Izmailov et al. 2018) over the last epochs. Every epoch writes ``last.pt``
+atomically, so ``resume=True`` continues an interrupted run exactly.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from amc.data import Dataset, iterate_batches
 
 log = logging.getLogger(__name__)
+
+SWA_BN_BATCHES = 100
+"""Training batches that re-estimate BatchNorm statistics of the SWA average."""
 
 
 @dataclass
@@ -45,6 +50,10 @@ class TrainConfig:
         seed: Seed of initialisation-independent randomness (order, augmentation).
         threads: CPU threads; 0 uses every core.
         progress: Show a progress bar.
+        swa_epochs: Stochastic weight averaging: the last ``swa_epochs`` epochs run at the
+            constant rate ``swa_lr`` (the schedule before them anneals to it) and the saved model
+            is the average of their end-of-epoch weights, with BatchNorm statistics recomputed.
+        swa_lr: Learning rate of the SWA epochs.
     """
 
     epochs: int = 50
@@ -60,25 +69,36 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     progress: bool = True
+    swa_epochs: int = 0
+    swa_lr: float = 0.01
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "onecycle"):
             raise ValueError(f"unknown schedule '{self.schedule}'; use cosine or onecycle")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"unknown amp '{self.amp}'; use none or bf16")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ValueError(f"swa_epochs={self.swa_epochs} must lie between 0 and epochs={self.epochs}")
 
 
 def learning_rate(step: int, total: int, config: TrainConfig, steps_per_epoch: int) -> float:
     """Learning rate at optimisation ``step`` of ``total``."""
+    floor = 0.0
+    if config.swa_epochs:
+        swa_start = total - config.swa_epochs * steps_per_epoch
+        if step >= swa_start:
+            return config.swa_lr
+        total, floor = swa_start, config.swa_lr
     if config.schedule == "onecycle":
-        peak = max(1, int(0.3 * total))
-        if step < peak:
-            return config.lr * (0.04 + 0.96 * step / peak)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * (step - peak) / max(1, total - peak)))
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        start = max(1, int(0.3 * total))
+        if step < start:
+            return config.lr * (0.04 + 0.96 * step / start)
+    else:
+        start = int(config.warmup_epochs * steps_per_epoch)
+        if step < start:
+            return config.lr * (step + 1) / start
+    progress = (step - start) / max(1, total - start)
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def set_threads(threads: int = 0) -> None:
@@ -240,17 +260,24 @@ def train(
         weight_decay=config.weight_decay,
     )
     generator = torch.Generator().manual_seed(config.seed)
+    swa = AveragedModel(model) if config.swa_epochs else None
     start, history = 0, []
     if resume:
         state = torch.load(state_file, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        if "swa" in state and swa is not None:
+            swa.load_state_dict(state["swa"])
+        elif swa is not None and state["epoch"] > config.epochs - config.swa_epochs:
+            raise ValueError(f"{state_file} holds no SWA average; resume with the run's own --swa-epochs")
         start, history = state["epoch"], state["history"]
         log.info("resuming %s at epoch %d", out, start + 1)
     t0 = time.time()
     for epoch in range(start, config.epochs):
         stats = train_one_epoch(model, dataset, optimizer, config, epoch, device, generator)
+        if swa is not None and epoch >= config.epochs - config.swa_epochs:
+            swa.update_parameters(model)
         stats.update(
             epoch=epoch + 1, test_top1=evaluate(model, dataset, "test", device=device, limit=2000)["top1"]
         )
@@ -270,10 +297,14 @@ def train(
                 "generator": generator.get_state(),
                 "epoch": epoch + 1,
                 "history": history,
+                **({"swa": swa.state_dict()} if swa is not None else {}),
             },
             state_file,
         )
         (out / "history.json").write_text(json.dumps(history, indent=1))
+    if swa is not None:
+        model.load_state_dict(swa.module.state_dict())
+        recalibrate_bn(model, dataset, num_batches=SWA_BN_BATCHES, device=device, seed=config.seed)
     model.to(memory_format=torch.contiguous_format).eval()
     test = evaluate(model, dataset, "test", device=device)
     result = {

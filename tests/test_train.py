@@ -139,6 +139,72 @@ def test_train_config_validates():
         TrainConfig(schedule="step")
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp16")
+    with pytest.raises(ValueError, match="swa_epochs"):
+        TrainConfig(epochs=5, swa_epochs=6)
+
+
+# --- stochastic weight averaging --------------------------------------------------------------------------
+
+
+def test_swa_saves_the_average_of_the_last_epochs_with_fresh_batchnorm(tmp_path, dataset, monkeypatch):
+    seen = []
+    real = amc.train.train_one_epoch
+
+    def recording(model, *args):
+        stats = real(model, *args)
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return stats
+
+    monkeypatch.setattr(amc.train, "train_one_epoch", recording)
+    model = tiny_model()
+    result = train(model, dataset, config(epochs=3, swa_epochs=2), tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    for name, _ in model.named_parameters():  # the mean of epochs 2 and 3, not epoch 3's weights
+        torch.testing.assert_close(saved[name], (seen[1][name] + seen[2][name]) / 2, msg=name)
+        torch.testing.assert_close(model.state_dict()[name], saved[name])
+    bn = next(k for k in saved if k.endswith("running_mean"))
+    assert not torch.equal(saved[bn], seen[2][bn]), "BatchNorm statistics were not recomputed"
+    assert result["train"]["swa_epochs"] == 2
+    assert evaluate(model, dataset)["top1"] == pytest.approx(result["test_top1"], abs=0.01)
+
+
+def test_swa_resume_after_an_interruption_is_exact(tmp_path, dataset, monkeypatch):
+    cfg = config(epochs=3, swa_epochs=2)
+    straight = tiny_model()
+    train(straight, dataset, cfg, tmp_path / "straight")
+    real = amc.train.train_one_epoch
+
+    def interrupted(model, data, optimizer, config, epoch, *args):
+        if epoch == 2:
+            raise RuntimeError("power cut")
+        return real(model, data, optimizer, config, epoch, *args)
+
+    monkeypatch.setattr(amc.train, "train_one_epoch", interrupted)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tiny_model(), dataset, cfg, tmp_path / "resumed")
+    monkeypatch.setattr(amc.train, "train_one_epoch", real)
+    resumed = tiny_model()
+    train(resumed, dataset, cfg, tmp_path / "resumed", resume=True)
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=f"{key} differs after resuming")
+
+
+def test_swa_refuses_to_resume_a_run_without_an_average(tmp_path, dataset):
+    train(tiny_model(), dataset, config(epochs=2), tmp_path / "run")
+    with pytest.raises(ValueError, match="no SWA average"):
+        train(tiny_model(), dataset, config(epochs=3, swa_epochs=2), tmp_path / "run", resume=True)
+
+
+def test_swa_schedule_anneals_to_the_swa_rate_then_holds_it():
+    cfg = TrainConfig(lr=0.1, warmup_epochs=0, epochs=10, swa_epochs=4, swa_lr=0.02)
+    steps = 10
+    lrs = [learning_rate(s, 100, cfg, steps) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs))
+    assert lrs[59] == pytest.approx(0.02, abs=1e-4)  # the cosine ends at the SWA rate ...
+    assert lrs[60:] == pytest.approx([0.02] * 40)  # ... and the SWA epochs hold it
+    only_swa = TrainConfig(epochs=10, swa_epochs=10, swa_lr=0.005)
+    assert {learning_rate(s, 100, only_swa, steps) for s in range(100)} == {0.005}
 
 
 # --- evaluation and BatchNorm recalibration ----------------------------------------------------------
