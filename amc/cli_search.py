@@ -284,14 +284,14 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     """``amc summarize``: mean and standard deviation over search runs (e.g. several seeds)."""
     import statistics
 
+    from amc.agents.search import choice_label
+
     rows = []
     for run in args.runs:
         run = Path(run)
         table = {r["name"]: r for r in json.loads((run / "summary.json").read_text())}
         state = json.loads((run / "state.json").read_text())
-        chosen = json.loads((run / "best_policy.json").read_text())["metrics"]
-        source = chosen.get("source", "episode")
-        label = f"episode {chosen.get('episode')}" if source == "episode" else source
+        label = choice_label(json.loads((run / "best_policy.json").read_text())["metrics"])
         best, uniform = table["best"], table["uniform"]
         rows.append((best["top1"], uniform["top1"], state["elapsed"] / 60))
         print(
