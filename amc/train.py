@@ -29,7 +29,10 @@ from amc.data import Dataset, iterate_batches
 log = logging.getLogger(__name__)
 
 SWA_BN_BATCHES = 100
-"""Training batches that re-estimate BatchNorm statistics of the SWA average."""
+"""Augmented training batches that re-estimate BatchNorm statistics of the SWA average.
+
+Plain (un-augmented) images shift the statistics of a network trained on padded crops:
+on the shipped MobileNet they cost 4 points of test accuracy, augmented ones none."""
 
 
 @dataclass
@@ -159,11 +162,17 @@ def recalibrate_bn(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    augmented: bool = False,
 ) -> nn.Module:
-    """Re-estimate BatchNorm statistics on ``num_batches`` random batches of a dataset split."""
+    """Re-estimate BatchNorm statistics on ``num_batches`` random batches of a dataset split.
+
+    ``augmented`` draws the batches with the training augmentation, the distribution a
+    trained network's statistics were estimated on (what SWA needs; a pruned network is
+    recalibrated on plain images).
+    """
     gen = torch.Generator().manual_seed(seed)
     data = dataset.split(split)
-    batches = iterate_batches(data, dataset, batch_size, True, False, gen, num_batches * batch_size)
+    batches = iterate_batches(data, dataset, batch_size, True, augmented, gen, num_batches * batch_size)
     return recalibrate_bn_on(model, torch.cat([x for x, _ in batches]).to(device), batch_size)
 
 
@@ -304,7 +313,9 @@ def train(
         (out / "history.json").write_text(json.dumps(history, indent=1))
     if swa is not None:
         model.load_state_dict(swa.module.state_dict())
-        recalibrate_bn(model, dataset, num_batches=SWA_BN_BATCHES, device=device, seed=config.seed)
+        recalibrate_bn(
+            model, dataset, num_batches=SWA_BN_BATCHES, device=device, seed=config.seed, augmented=True
+        )
     model.to(memory_format=torch.contiguous_format).eval()
     test = evaluate(model, dataset, "test", device=device)
     result = {

@@ -162,8 +162,12 @@ def test_swa_saves_the_average_of_the_last_epochs_with_fresh_batchnorm(tmp_path,
     for name, _ in model.named_parameters():  # the mean of epochs 2 and 3, not epoch 3's weights
         torch.testing.assert_close(saved[name], (seen[1][name] + seen[2][name]) / 2, msg=name)
         torch.testing.assert_close(model.state_dict()[name], saved[name])
-    bn = next(k for k in saved if k.endswith("running_mean"))
-    assert not torch.equal(saved[bn], seen[2][bn]), "BatchNorm statistics were not recomputed"
+    average = tiny_model()
+    average.load_state_dict({k: (seen[1][k] + seen[2][k]) / 2 for k in saved})
+    recalibrate_bn(average, dataset, num_batches=amc.train.SWA_BN_BATCHES, augmented=True)
+    bn = next(k for k in saved if k.endswith("running_mean"))  # recomputed on augmented training images
+    torch.testing.assert_close(saved[bn], average.state_dict()[bn])
+    assert not torch.equal(saved[bn], seen[2][bn])
     assert result["train"]["swa_epochs"] == 2
     assert evaluate(model, dataset)["top1"] == pytest.approx(result["test_top1"], abs=0.01)
 
