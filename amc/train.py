@@ -83,12 +83,17 @@ class TrainConfig:
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError(f"swa_epochs={self.swa_epochs} must lie between 0 and epochs={self.epochs}")
 
+    @property
+    def swa_start(self) -> int:
+        """Index of the first epoch whose weights enter the SWA average (``epochs`` without SWA)."""
+        return self.epochs - self.swa_epochs
+
 
 def learning_rate(step: int, total: int, config: TrainConfig, steps_per_epoch: int) -> float:
     """Learning rate at optimisation ``step`` of ``total``."""
     floor = 0.0
     if config.swa_epochs:
-        swa_start = total - config.swa_epochs * steps_per_epoch
+        swa_start = config.swa_start * steps_per_epoch
         if step >= swa_start:
             return config.swa_lr
         total, floor = swa_start, config.swa_lr
@@ -276,16 +281,17 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        if "swa" in state and swa is not None:
-            swa.load_state_dict(state["swa"])
-        elif swa is not None and state["epoch"] > config.epochs - config.swa_epochs:
-            raise ValueError(f"{state_file} holds no SWA average; resume with the run's own --swa-epochs")
+        if swa is not None:
+            if "swa" in state:
+                swa.load_state_dict(state["swa"])
+            elif state["epoch"] > config.swa_start:
+                raise ValueError(f"{state_file} holds no SWA average; resume with the run's own --swa-epochs")
         start, history = state["epoch"], state["history"]
         log.info("resuming %s at epoch %d", out, start + 1)
     t0 = time.time()
     for epoch in range(start, config.epochs):
         stats = train_one_epoch(model, dataset, optimizer, config, epoch, device, generator)
-        if swa is not None and epoch >= config.epochs - config.swa_epochs:
+        if swa is not None and epoch >= config.swa_start:
             swa.update_parameters(model)
         stats.update(
             epoch=epoch + 1, test_top1=evaluate(model, dataset, "test", device=device, limit=2000)["top1"]
