@@ -16,10 +16,10 @@ from amc.models import create_model
 
 def _model(name: str, checkpoint: str) -> torch.nn.Module:
     try:
-        path, manifest = resolve_checkpoint(name, checkpoint)
+        path, _ = resolve_checkpoint(name, checkpoint)
     except ValueError:  # no shipped checkpoint: timing does not depend on the weights
-        path, manifest = None, {}
-    return create_model(name, width=manifest.get("width", 1.0), checkpoint=path)
+        path = None
+    return create_model(name, checkpoint=path)
 
 
 DEFAULT_REPEATS = {"overhead": 7, "speedup": 60}

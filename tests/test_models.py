@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 
@@ -174,6 +175,16 @@ def test_checkpoint_round_trip(tmp_path):
         assert not torch.allclose(fresh(x), expected), "a different initialisation must differ"
         assert torch.equal(loaded(x), expected)
     assert not loaded.training
+
+
+def test_width_defaults_to_the_manifest_beside_the_checkpoint(tmp_path):
+    path = tmp_path / "narrow.pt"
+    torch.save(create_model("resnet20", width=0.25).state_dict(), path)
+    path.with_suffix(".json").write_text(json.dumps({"model": "resnet20", "width": 0.25}))
+    assert create_model("resnet20", checkpoint=path).conv1.out_channels == 4
+    path.with_suffix(".json").unlink()
+    with pytest.raises(CheckpointError, match="wrong model, width"):
+        create_model("resnet20", checkpoint=path)  # no manifest: width 1.0
 
 
 def test_training_checkpoint_with_model_key_loads(tmp_path):

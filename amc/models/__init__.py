@@ -136,7 +136,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path, strict: bool = Tru
 def create_model(
     name: str,
     num_classes: int = 10,
-    width: float = 1.0,
+    width: float | None = None,
     checkpoint: str | Path | None = None,
     in_channels: int = 3,
 ) -> nn.Module:
@@ -146,7 +146,7 @@ def create_model(
         name: A key of :data:`MODELS`, or ``package.module:function``. The latter imports the
             user's module (running its code) and calls ``function(num_classes=..., width=...)``.
         num_classes: Classifier outputs.
-        width: Width multiplier.
+        width: Width multiplier (default: the checkpoint manifest's, else 1.0).
         checkpoint: A state-dict file to load, or ``"shipped"`` for the packaged checkpoint.
         in_channels: Image channels.
 
@@ -154,12 +154,14 @@ def create_model(
         The model in eval mode.
     """
     factory = model_factory(name)
+    if checkpoint == "shipped":
+        checkpoint = shipped_checkpoint(name)
+    if width is None:
+        width = read_manifest(checkpoint).get("width", 1.0) if checkpoint is not None else 1.0
     if ":" in name:
         model = factory(num_classes=num_classes, width=width)
     else:
         model = factory(num_classes=num_classes, width=width, in_channels=in_channels)
-    if checkpoint == "shipped":
-        checkpoint = shipped_checkpoint(name)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
