@@ -48,14 +48,17 @@ def calibration_images(
     """Normalised calibration images, never the scored ones.
 
     From ``train`` when the dataset has it (a seeded random sample); otherwise (the bundled
-    sample) from the search images listed in ``spare``, those not used for scoring.
+    sample) from the search images listed in ``spare``, those not used for scoring, or from a
+    seeded random sample of all search images. Splits are stored class by class, so a sample
+    must be random: the first images would all show the first classes and skew BatchNorm.
     """
+    gen = torch.Generator().manual_seed(seed)
     if "train" in dataset.splits:
         data = dataset.split("train")
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].numpy()
+        idx = torch.randperm(len(data), generator=gen)[:count].numpy()
     else:
         data = dataset.split("search")
-        idx = np.arange(len(data)) if spare is None else np.asarray(spare)
+        idx = torch.randperm(len(data), generator=gen).numpy() if spare is None else np.asarray(spare)
         if len(idx) < count:
             raise ValueError(
                 f"only {len(idx)} search images are left for calibration after scoring, "

@@ -18,7 +18,7 @@ from amc.baselines import (
 from amc.data.base import Dataset, ImageArrays
 from amc.models import create_model
 from amc.pruning.channel import ChannelPruner
-from amc.scoring import Scorer, ScoringConfig
+from amc.scoring import Scorer, ScoringConfig, calibration_images
 
 EPS = 1e-6  # well above the bisection's resolution (0.95 / 2**40), far below one channel's step
 
@@ -76,6 +76,21 @@ def test_selection_images_are_disjoint_from_scored_and_calibration_images(datase
         Scorer(
             dataset, ScoringConfig(images=100, selection_images=90, recalibrate=True, recalibration_images=40)
         )
+
+
+def test_calibration_images_without_spare_cover_every_class():
+    # Stored class by class, like every split: the first 40 images would all be class 0.
+    images = np.repeat(np.arange(10, dtype=np.uint8), 20)[:, None, None, None] * np.ones(
+        (1, 2, 2, 3), np.uint8
+    )
+    search = ImageArrays(images, np.repeat(np.arange(10), 20))
+    data = Dataset(
+        name="sorted", classes=list("abcdefghij"), splits={"search": search}, mean=(0,) * 3, std=(1,) * 3
+    )
+    drawn = calibration_images(data, 40, seed=7)
+    classes = set((drawn[:, 0, 0, 0] * 255).round().int().tolist())
+    assert len(drawn) == 40 and len(classes) >= 8
+    assert torch.equal(drawn, calibration_images(data, 40, seed=7))  # seeded
 
 
 @pytest.mark.parametrize("metric", ["flops", "params"])
