@@ -12,8 +12,8 @@ from amc.cli_bench import add_parser as add_benchmark_parser
 from amc.cli_search import add_parsers
 from amc.data import DATASETS, DatasetError
 from amc.loading import load_model_and_data
-from amc.models import MODELS, CheckpointError, ModelError
-from amc.train import TrainConfig, evaluate, set_threads, train
+from amc.models import MODELS, CheckpointError, ModelError, create_model
+from amc.train import Ensemble, TrainConfig, evaluate, set_threads, train
 
 log = logging.getLogger("amc")
 
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "seed": "seed of data order and augmentation",
         "swa_epochs": "average the weights of this many last epochs, run at --swa-lr (SWA; 0 = off)",
         "swa_lr": "constant learning rate of the SWA epochs",
+        "distill_weight": "with --teacher: share of the distillation loss (the rest: labels)",
+        "distill_temperature": "with --teacher: softmax temperature of the distillation loss",
     }
     for f in fields(TrainConfig):
         if f.name in helps:
@@ -117,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                 default=getattr(defaults, f.name),
                 help=f"{helps[f.name]} (default: %(default)s)",
             )
+    p.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="MODEL[=CHECKPOINT]",
+        help="distil from this trained model (checkpoint default: shipped; width from its manifest); "
+        "repeat for an ensemble, whose mean logits teach",
+    )
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
@@ -163,7 +173,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,
     }
-    result = train(model, dataset, config, args.out, args.device, args.resume, manifest)
+    teacher = None
+    if args.teacher:
+        specs = [spec.partition("=")[::2] for spec in args.teacher]
+        members = [
+            create_model(name, dataset.num_classes, None, path or "shipped", dataset.in_channels)
+            for name, path in specs
+        ]
+        teacher = Ensemble(members)
+        manifest["teachers"] = [{"model": name, "checkpoint": path or "shipped"} for name, path in specs]
+    result = train(model, dataset, config, args.out, args.device, args.resume, manifest, teacher)
     top1, top5 = result["test_top1"], result["test_top5"]
     print(f"test top-1 {top1:.2f} %  top-5 {top5:.2f} %  -> {Path(args.out) / 'model.pt'}")
     return 0

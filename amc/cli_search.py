@@ -226,6 +226,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     if bool(args.policy) == bool(args.agent):
         raise ValueError("give exactly one of --policy (a policy JSON) or --agent (an agent.zip to roll out)")
+    out = Path(args.out)
+    if (out / "pruned.pt").exists():
+        raise FileExistsError(
+            f"{out} already holds a pruned model; choose another --out or delete that folder"
+        )
     if args.agent:
         from amc.agents.transfer import rollout_policy
 
@@ -244,16 +249,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
         from amc.train import TrainConfig, train
 
         config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, warmup_epochs=0)
+        teacher = model if args.distill else None  # apply_policy pruned a copy: model is still dense
         train(
             pruned,
             dataset,
             config,
-            Path(args.out) / "finetune",
+            out / "finetune",
             args.device,
             manifest={"policy": policy.model},
+            teacher=teacher,
         )
     metrics = evaluate(pruned, dataset, "test", device=args.device)
-    out = Path(args.out)
     save_pruned(pruned, policy, out / "pruned.pt")
     if policy.mode == "finegrained":
         from amc.pruning.finegrained import export_sparse
@@ -271,6 +277,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "cost_before": policy.cost_before,
         "cost_after": policy.cost_after,
         "finetune_epochs": args.finetune_epochs,
+        "distill": bool(args.finetune_epochs and args.distill),
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(
@@ -376,6 +383,11 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
     p.add_argument("--agent", default=None, help="agent.zip of an earlier search, rolled out on this model")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs (needs a training split)")
     p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate (default: 0.01)")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="fine-tune by distilling the dense model (knowledge distillation)",
+    )
     p.add_argument("--out", default="runs/apply", help="output folder (default: runs/apply)")
     p.set_defaults(func=cmd_apply)
 

@@ -1,8 +1,9 @@
 """Training, fine-tuning and evaluation loops, and BatchNorm recalibration.
 
 One straight-line loop: SGD with (Nesterov) momentum, a cosine or one-cycle learning-rate
-schedule stepped per batch, optional label smoothing, bf16 autocast and stochastic weight
-averaging (SWA, Izmailov et al. 2018) over the last epochs. Every epoch writes ``last.pt``
+schedule stepped per batch, optional label smoothing, bf16 autocast, knowledge distillation
+from a teacher network or ensemble (Hinton et al. 2015) and stochastic weight averaging (SWA,
+Izmailov et al. 2018) over the last epochs. Every epoch writes ``last.pt``
 atomically, so ``resume=True`` continues an interrupted run exactly.
 """
 
@@ -15,6 +16,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +59,9 @@ class TrainConfig:
             constant rate ``swa_lr`` (the schedule before them anneals to it) and the saved model
             is the average of their end-of-epoch weights, with BatchNorm statistics recomputed.
         swa_lr: Learning rate of the SWA epochs.
+        distill_weight: With a teacher: share of the distillation loss in the total loss (the
+            rest is cross-entropy with the labels).
+        distill_temperature: With a teacher: softmax temperature of the distillation loss.
     """
 
     epochs: int = 50
@@ -74,6 +79,8 @@ class TrainConfig:
     progress: bool = True
     swa_epochs: int = 0
     swa_lr: float = 0.01
+    distill_weight: float = 0.9
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "onecycle"):
@@ -82,11 +89,37 @@ class TrainConfig:
             raise ValueError(f"unknown amp '{self.amp}'; use none or bf16")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError(f"swa_epochs={self.swa_epochs} must lie between 0 and epochs={self.epochs}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight={self.distill_weight} must lie between 0 and 1")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature={self.distill_temperature} must be positive")
 
     @property
     def swa_start(self) -> int:
         """Index of the first epoch whose weights enter the SWA average (``epochs`` without SWA)."""
         return self.epochs - self.swa_epochs
+
+
+class Ensemble(nn.Module):
+    """Several trained networks as one teacher: the mean of their logits."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean logits of the members."""
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: T^2 * KL(teacher || student) of the logits softened by T."""
+    log_student = F.log_softmax(student / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=1)
+    kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
 
 
 def learning_rate(step: int, total: int, config: TrainConfig, steps_per_epoch: int) -> float:
@@ -195,8 +228,9 @@ def train_one_epoch(
     epoch: int,
     device: torch.device,
     generator: torch.Generator,
+    teacher: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass over the training split; returns mean loss and accuracy (%)."""
+    """One pass over the training split, distilling ``teacher`` if given; returns mean loss and accuracy."""
     model.train()
     data = dataset.split("train")
     steps = math.ceil(len(data) / config.batch_size)
@@ -217,6 +251,11 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp == "bf16"):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x).float()
+                soft = distillation_loss(logits.float(), target, config.distill_temperature)
+                loss = (1 - config.distill_weight) * loss + config.distill_weight * soft
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -235,6 +274,7 @@ def train(
     device: str | torch.device = "cpu",
     resume: bool = False,
     manifest: dict | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset``'s train split and write the result to ``out_dir``.
 
@@ -250,6 +290,7 @@ def train(
         device: Torch device.
         resume: Continue from ``out_dir/last.pt``.
         manifest: Extra fields for the manifest (model name, width, ...).
+        teacher: A trained network (or :class:`Ensemble`) to distil from, kept frozen.
 
     Returns:
         The manifest written to ``model.json``.
@@ -266,6 +307,8 @@ def train(
     set_threads(config.threads)
     device = torch.device(device)
     model.to(device).to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -290,7 +333,7 @@ def train(
         log.info("resuming %s at epoch %d", out, start + 1)
     t0 = time.time()
     for epoch in range(start, config.epochs):
-        stats = train_one_epoch(model, dataset, optimizer, config, epoch, device, generator)
+        stats = train_one_epoch(model, dataset, optimizer, config, epoch, device, generator, teacher)
         if swa is not None and epoch >= config.swa_start:
             swa.update_parameters(model)
         stats.update(

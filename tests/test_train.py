@@ -18,7 +18,15 @@ import amc.train
 from amc.cli import build_parser, main
 from amc.data import Dataset, ImageArrays
 from amc.models import MODELS, create_model
-from amc.train import TrainConfig, evaluate, learning_rate, recalibrate_bn, train
+from amc.train import (
+    Ensemble,
+    TrainConfig,
+    distillation_loss,
+    evaluate,
+    learning_rate,
+    recalibrate_bn,
+    train,
+)
 
 
 def synthetic_dataset(n_train: int = 256, n_test: int = 64, classes: int = 4, seed: int = 0) -> Dataset:
@@ -142,6 +150,58 @@ def test_train_config_validates():
         TrainConfig(amp="fp16")
     with pytest.raises(ValueError, match="swa_epochs"):
         TrainConfig(epochs=5, swa_epochs=6)
+    with pytest.raises(ValueError, match="distill_weight"):
+        TrainConfig(distill_weight=1.5)
+    with pytest.raises(ValueError, match="distill_temperature"):
+        TrainConfig(distill_temperature=0)
+
+
+# --- knowledge distillation -------------------------------------------------------------------------------
+
+
+class ReversedTeacher(nn.Module):
+    """Reads the synthetic class c from the image centre and teaches class 3 - c instead."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixel = (x[:, :, 8:24, 8:24].mean((1, 2, 3)) * 0.25 + 0.4) * 255  # undo the normalisation
+        label = ((pixel - 20) / 50).round().long().clamp(0, 3)
+        return nn.functional.one_hot(3 - label, 4).float() * 5
+
+
+def test_distillation_loss_vanishes_only_when_the_logits_agree():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 5), torch.randn(8, 5)
+    assert distillation_loss(teacher, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(teacher + 3.0, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-6)  # shift-free
+    loss = distillation_loss(student, teacher, 2.0)
+    kl = (teacher / 2).softmax(1) * ((teacher / 2).log_softmax(1) - (student / 2).log_softmax(1))
+    assert loss.item() == pytest.approx(4.0 * kl.sum(1).mean().item(), rel=1e-5)
+
+
+def test_ensemble_teaches_the_mean_of_its_members_logits():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(Ensemble([a, b])(x), (a(x) + b(x)) / 2)
+    with pytest.raises(ValueError, match="at least one"):
+        Ensemble([])
+
+
+def test_distillation_makes_the_student_follow_the_teacher(tmp_path, dataset):
+    student = tiny_model()
+    cfg = config(epochs=5, lr=0.1, distill_weight=1.0, distill_temperature=1.0)  # labels carry no weight
+    train(student, dataset, cfg, tmp_path / "run", teacher=ReversedTeacher())
+    test = dataset.split("test")
+    reversed_labels = Dataset(
+        "reversed",
+        dataset.classes,
+        {"test": ImageArrays(test.images, 3 - test.labels)},
+        dataset.mean,
+        dataset.std,
+    )
+    assert evaluate(ReversedTeacher(), reversed_labels)["top1"] == 100
+    assert (
+        evaluate(student, reversed_labels)["top1"] > 50
+    )  # chance is 25 %; without the teacher it learns the labels
 
 
 # --- stochastic weight averaging --------------------------------------------------------------------------
@@ -414,6 +474,69 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     assert f"top-1 {manifest['test_top1']:.2f} %" in printed
     assert "(12 images)" in printed
 
+    # distillation from that model: the teacher's width comes from its manifest
+    argv_kd = [
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        "0.25",
+        "--out",
+        str(tmp_path / "kd"),
+        "--epochs",
+        "1",
+    ]
+    argv_kd += ["--teacher", f"resnet20={out / 'model.pt'}", "--no-progress", *common]
+    assert main(argv_kd) == 0
+    kd = json.loads((tmp_path / "kd" / "model.json").read_text())
+    assert kd["teachers"] == [{"model": "resnet20", "checkpoint": str(out / "model.pt")}]
+    capsys.readouterr()
+
     # a second train into the same folder is refused without --resume
     assert main([*argv, "--no-progress", *common]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_cli_apply_prunes_fine_tunes_by_distillation_and_keeps_earlier_results(tmp_path, capsys, monkeypatch):
+    from amc.baselines import uniform_policy
+    from amc.policy import load_pruned
+    from amc.pruning.channel import ChannelPruner
+
+    data = tmp_path / "images"
+    write_png_folder(data, per_class=20)
+    common = ["--dataset", "folder", "--data", str(data), "--search-size", "6", "--threads", "1"]
+    argv = ["train", "--width", "0.25", "--out", str(tmp_path / "dense"), "--epochs", "1", "--no-progress"]
+    assert main([*argv, *common]) == 0
+    checkpoint = tmp_path / "dense" / "model.pt"
+    dense = create_model("resnet20", num_classes=3, checkpoint=checkpoint)
+    policy_file = uniform_policy(ChannelPruner(dense), 0.5, model="resnet20").save(tmp_path / "policy.json")
+
+    teachers = []
+    real = amc.train.train_one_epoch
+
+    def spy(model, data, optimizer, config, epoch, device, generator, teacher=None):
+        teachers.append(teacher)
+        return real(model, data, optimizer, config, epoch, device, generator, teacher)
+
+    monkeypatch.setattr(amc.train, "train_one_epoch", spy)
+    out = tmp_path / "applied"
+    argv = ["apply", "--policy", str(policy_file), "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert main([*argv, "--finetune-epochs", "1", "--distill", *common]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distill"] is True and metrics["finetune_epochs"] == 1
+    assert metrics["flops_ratio"] <= 0.5
+    assert len(teachers) == 1 and sum(p.numel() for p in teachers[0].parameters()) == n_params(dense)
+    finetune = json.loads((out / "finetune" / "model.json").read_text())
+    assert finetune["train"]["epochs"] == 1 and finetune["policy"] == "resnet20"
+    pruned = load_pruned(create_model("resnet20", num_classes=3, width=0.25), out / "pruned.pt")
+    assert n_params(pruned) < n_params(dense)
+    assert "pruned" in capsys.readouterr().out
+
+    before = (out / "pruned.pt").read_bytes()
+    assert main([*argv, *common]) == 2  # the earlier result is not overwritten
+    assert "already holds a pruned model" in capsys.readouterr().err
+    assert (out / "pruned.pt").read_bytes() == before
