@@ -3,8 +3,8 @@
 One straight-line loop: SGD with (Nesterov) momentum, a cosine or one-cycle learning-rate
 schedule stepped per batch, optional label smoothing, bf16 autocast, knowledge distillation
 from a teacher network or ensemble (Hinton et al. 2015) and stochastic weight averaging (SWA,
-Izmailov et al. 2018) over the last epochs. Every epoch writes ``last.pt``
-atomically, so ``resume=True`` continues an interrupted run exactly.
+Izmailov et al. 2018) over the last epochs. Every epoch writes ``last.pt`` atomically, so
+``resume=True`` continues an interrupted run exactly.
 """
 
 from __future__ import annotations
