@@ -238,6 +238,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     else:
         policy = Policy.load(args.policy)
     model, dataset, _ = model_and_data(args)
+    if args.finetune_epochs:
+        dataset.split("train")  # no training split: fail now, not after pruning
     shape = (1, dataset.in_channels, *dataset.split("test").images.shape[1:3])
     needs_images = policy.reconstruct or args.recalibrate
     images = calibration_images(dataset, 1024, seed=7).to(args.device) if needs_images else None

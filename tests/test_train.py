@@ -540,3 +540,27 @@ def test_cli_apply_prunes_fine_tunes_by_distillation_and_keeps_earlier_results(t
     assert main([*argv, *common]) == 2  # the earlier result is not overwritten
     assert "already holds a pruned model" in capsys.readouterr().err
     assert (out / "pruned.pt").read_bytes() == before
+
+
+def test_cli_apply_refuses_to_fine_tune_without_a_training_split(tmp_path, capsys):
+    from amc.baselines import uniform_policy
+    from amc.pruning.channel import ChannelPruner
+
+    policy_file = uniform_policy(ChannelPruner(create_model("resnet20")), 0.5, model="resnet20").save(
+        tmp_path / "policy.json"
+    )
+    out = tmp_path / "applied"
+    argv = [
+        "apply",
+        "--policy",
+        str(policy_file),
+        "--finetune-epochs",
+        "1",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    assert main(argv) == 2  # the bundled sample holds no training images
+    assert "no 'train' split" in capsys.readouterr().err
+    assert not out.exists()  # refused before any pruning or writing
