@@ -249,12 +249,12 @@ def train_one_epoch(
             group["lr"] = learning_rate(epoch * steps + i, total, config, steps)
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp == "bf16"):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher(x).float()
-                soft = distillation_loss(logits.float(), target, config.distill_temperature)
+                soft = distillation_loss(logits, target, config.distill_temperature)
                 loss = (1 - config.distill_weight) * loss + config.distill_weight * soft
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
