@@ -226,6 +226,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     if bool(args.policy) == bool(args.agent):
         raise ValueError("give exactly one of --policy (a policy JSON) or --agent (an agent.zip to roll out)")
+    if args.distill and not args.finetune_epochs:
+        raise ValueError("--distill distils during fine-tuning; add --finetune-epochs N (e.g. 5)")
     out = Path(args.out)
     if (out / "pruned.pt").exists():
         raise FileExistsError(
@@ -252,13 +254,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
         config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, warmup_epochs=0)
         teacher = model if args.distill else None  # apply_policy pruned a copy: model is still dense
+        teachers = [{"model": args.model, "checkpoint": args.checkpoint}] if teacher else []
         train(
             pruned,
             dataset,
             config,
             out / "finetune",
             args.device,
-            manifest={"policy": policy.model},
+            manifest={"policy": policy.model, "teachers": teachers},
             teacher=teacher,
         )
     metrics = evaluate(pruned, dataset, "test", device=args.device)
@@ -279,7 +282,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "cost_before": policy.cost_before,
         "cost_after": policy.cost_after,
         "finetune_epochs": args.finetune_epochs,
-        "distill": bool(args.finetune_epochs and args.distill),
+        "distill": args.distill,
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(

@@ -521,6 +521,7 @@ def test_cli_apply_prunes_fine_tunes_by_distillation_and_keeps_earlier_results(t
     assert len(teachers) == 1 and n_params(teachers[0]) == n_params(dense)  # the dense model teaches
     finetune = json.loads((out / "finetune" / "model.json").read_text())
     assert finetune["train"]["epochs"] == 1 and finetune["policy"] == "resnet20"
+    assert finetune["teachers"] == [{"model": "resnet20", "checkpoint": str(checkpoint)}]
     pruned = load_pruned(create_model("resnet20", num_classes=3, width=0.25), out / "pruned.pt")
     assert n_params(pruned) < n_params(dense)
     assert "pruned" in capsys.readouterr().out
@@ -531,7 +532,7 @@ def test_cli_apply_prunes_fine_tunes_by_distillation_and_keeps_earlier_results(t
     assert (out / "pruned.pt").read_bytes() == before
 
 
-def test_cli_apply_refuses_to_fine_tune_without_a_training_split(tmp_path, capsys):
+def test_cli_apply_refuses_fine_tuning_options_it_cannot_honour(tmp_path, capsys):
     policy_file = uniform_policy(ChannelPruner(create_model("resnet20")), 0.5, model="resnet20").save(
         tmp_path / "policy.json"
     )
@@ -541,3 +542,8 @@ def test_cli_apply_refuses_to_fine_tune_without_a_training_split(tmp_path, capsy
     assert main(argv) == 2  # the bundled sample holds no training images
     assert "no 'train' split" in capsys.readouterr().err
     assert not out.exists()  # refused before any pruning or writing
+
+    argv = ["apply", "--policy", str(policy_file), "--out", str(out), "--distill", "--threads", "1"]
+    assert main(argv) == 2  # distillation happens only while fine-tuning
+    assert "add --finetune-epochs" in capsys.readouterr().err
+    assert not out.exists()
