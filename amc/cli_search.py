@@ -217,6 +217,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_apply_options(args: argparse.Namespace, out: Path) -> None:
+    """Refuse ``amc apply`` options that cannot be honoured, before anything is pruned or written."""
+    if (args.distill or args.resume) and not args.finetune_epochs:
+        raise ValueError("--distill and --resume act on fine-tuning; add --finetune-epochs N (e.g. 5)")
+    if (out / "pruned.pt").exists():
+        raise FileExistsError(
+            f"{out} already holds a pruned model; choose another --out or delete that folder"
+        )
+    state = out / "finetune" / "last.pt"
+    if args.resume and not state.exists():
+        raise FileNotFoundError(f"nothing to resume: {state} does not exist")
+    if state.exists() and not args.resume:
+        raise FileExistsError(f"{out} holds an interrupted fine-tune; pass --resume to continue it")
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """``amc apply``: prune a model with a saved policy (or a saved agent), evaluate and save it."""
     from amc.cli import model_and_data
@@ -226,13 +241,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     if bool(args.policy) == bool(args.agent):
         raise ValueError("give exactly one of --policy (a policy JSON) or --agent (an agent.zip to roll out)")
-    if args.distill and not args.finetune_epochs:
-        raise ValueError("--distill distils during fine-tuning; add --finetune-epochs N (e.g. 5)")
     out = Path(args.out)
-    if (out / "pruned.pt").exists():
-        raise FileExistsError(
-            f"{out} already holds a pruned model; choose another --out or delete that folder"
-        )
+    check_apply_options(args, out)
     if args.agent:
         from amc.agents.transfer import rollout_policy
 
@@ -262,6 +272,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             out / "finetune",
             args.device,
             manifest={"policy": policy.model, "teachers": teachers},
+            resume=args.resume,
             teacher=teacher,
         )
     metrics = evaluate(pruned, dataset, "test", device=args.device)
@@ -394,6 +405,11 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         help="fine-tune by distilling the dense model (knowledge distillation)",
     )
     p.add_argument("--out", default="runs/apply", help="output folder (default: runs/apply)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted fine-tune in --out (same policy and options)",
+    )
     p.set_defaults(func=cmd_apply)
 
     p = env_command(

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from amc.data import Dataset, iterate_batches
+from amc.models import load_state
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ def train(
     start, history = 0, []
     if resume:
         state = torch.load(state_file, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        load_state(model, state["model"], state_file)  # a changed model or policy fails, naming a tensor
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         if swa is not None:

@@ -532,6 +532,38 @@ def test_cli_apply_prunes_fine_tunes_by_distillation_and_keeps_earlier_results(t
     assert (out / "pruned.pt").read_bytes() == before
 
 
+def test_cli_apply_resumes_an_interrupted_fine_tune(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "images"
+    write_png_folder(data, per_class=20)
+    common = ["--dataset", "folder", "--data", str(data), "--search-size", "6", "--threads", "1"]
+    dense = create_model("resnet20", num_classes=3, width=0.25)
+    checkpoint = tmp_path / "dense.pt"
+    torch.save(dense.state_dict(), checkpoint)
+    pruner = ChannelPruner(dense)
+    half, third = (
+        uniform_policy(pruner, r, model="resnet20").save(tmp_path / f"{r}.json") for r in (0.5, 0.3)
+    )
+    out = tmp_path / "applied"
+    argv = ["apply", "--checkpoint", str(checkpoint), "--width", "0.25", "--out", str(out), *common]
+    assert main([*argv, "--policy", str(half), "--finetune-epochs", "1"]) == 0
+    for name in ("pruned.pt", "metrics.json"):  # as if interrupted after the first epoch
+        (out / name).unlink()
+
+    assert main([*argv, "--policy", str(half), "--finetune-epochs", "2"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*argv, "--policy", str(third), "--finetune-epochs", "2", "--resume"]) == 2
+    assert "does not fit the model" in capsys.readouterr().err  # another policy, other shapes
+
+    epochs = []
+    real = amc.train.train_one_epoch
+    monkeypatch.setattr(amc.train, "train_one_epoch", lambda *a, **k: epochs.append(a[4]) or real(*a, **k))
+    assert main([*argv, "--policy", str(half), "--finetune-epochs", "2", "--resume"]) == 0
+    assert epochs == [1]  # only the second epoch ran
+    history = json.loads((out / "finetune" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert json.loads((out / "metrics.json").read_text())["finetune_epochs"] == 2
+
+
 def test_cli_apply_refuses_fine_tuning_options_it_cannot_honour(tmp_path, capsys):
     policy_file = uniform_policy(ChannelPruner(create_model("resnet20")), 0.5, model="resnet20").save(
         tmp_path / "policy.json"

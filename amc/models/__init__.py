@@ -110,6 +110,16 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path, strict: bool = Tru
         state = state["model"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    return load_state(model, state, path, strict)
+
+
+def load_state(model: nn.Module, state: dict, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load ``state`` into ``model`` after checking that every tensor fits.
+
+    Raises:
+        CheckpointError: A tensor is missing, unexpected or of another shape; the message
+            names the first one and ``path``, the file ``state`` came from.
+    """
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state:
