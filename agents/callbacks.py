@@ -1,4 +1,8 @@
-"""The search callback: per-episode records, best policy, TensorBoard, and resumable checkpoints."""
+"""Recording a search: per-episode records, best policy, TensorBoard, and resumable checkpoints.
+
+:class:`EpisodeRecorder` does the work for every searcher; :class:`SearchCallback` plugs it
+into a stable-baselines3 agent's ``learn()`` loop and checkpoints the agent with it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from amc.agents.tensorboard import policy_bar_chart, policy_table
+from amc.agents.tensorboard import policy_bar_chart, policy_heatmap, policy_table
 from stable_baselines3.common.callbacks import BaseCallback
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -20,6 +25,8 @@ from amc.policy import Policy
 
 log = logging.getLogger(__name__)
 RATIOS = ("flops_ratio", "params_ratio", "latency_ratio")
+HEATMAP_EVERY = 25
+"""Episodes between two redraws of the sparsity heatmap (and at the end)."""
 
 
 def episode_summary(ep: int | None, info: dict) -> dict:
@@ -32,19 +39,29 @@ def episode_summary(ep: int | None, info: dict) -> dict:
     }
 
 
-class SearchCallback(BaseCallback):
-    """Record every finished episode and checkpoint the search after each one.
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class EpisodeRecorder:
+    """Record every finished episode of a search and checkpoint it.
 
     Files in ``run_dir``: ``episodes.csv`` (appended per episode), ``best_policy.json``,
-    ``agent.zip`` + ``buffer.npz`` + ``state.json`` (the checkpoint, written once the episode
-    is in the replay buffer; ``state.json`` last, atomically), TensorBoard events.
+    ``state.json`` (the checkpoint's index, written last and atomically, after the searcher's
+    own files), TensorBoard events (per-episode scalars, the best policy as a chart and a
+    table, and a heatmap of every unit's sparsity over the episodes).
 
     Args:
         run_dir: The run folder.
-        unit_names: Unit names, for the CSV header.
+        unit_names: Unit names, for the CSV header and the heatmap.
         total_episodes: Episodes the search will run in all.
-        state: Restored state when resuming (``episodes``, ``best``), else ``None``.
-        noise: The agent's exploration noise (its state is checkpointed), if any.
+        state: Restored state when resuming (``episodes``, ``best``, ``candidates``), else ``None``.
         progress: Show a progress bar.
         hparams: The run's flattened settings, shown in TensorBoard's text and HParams tabs.
         finalists: How many of the best episodes (by reward) to keep as final candidates.
@@ -56,20 +73,17 @@ class SearchCallback(BaseCallback):
         unit_names: list[str],
         total_episodes: int,
         state: dict | None = None,
-        noise: Any = None,
         progress: bool = True,
         hparams: dict[str, Any] | None = None,
         finalists: int = 10,
     ):
-        super().__init__()
         self.run_dir, self.unit_names, self.total_episodes = Path(run_dir), unit_names, total_episodes
         state = state or {}
         self.episodes = int(state.get("episodes", 0))
         self.best: dict = state.get("best", {})
         self.finalists = finalists
         self.candidates: list[dict] = state.get("candidates", [])
-        self.noise, self.progress = noise, progress
-        self.noise_state = noise.state() if noise is not None else None
+        self.progress = progress
         self.saved_episodes = self.episodes
         self.t0 = time.time()
         self.elapsed = float(state.get("elapsed", 0.0))
@@ -77,11 +91,8 @@ class SearchCallback(BaseCallback):
         self.writer: SummaryWriter | None = None
         self.bar: tqdm | None = None
 
-    def _on_training_start(self) -> None:
-        if self.noise is not None:
-            # learn() resets the noise once before the first episode: that is no episode's end,
-            # so undo it (otherwise sigma decays one episode early, and once more per resume).
-            self.noise.load_state(self.noise_state)
+    def start(self) -> None:
+        """Open the TensorBoard writer and the progress bar."""
         self.writer = SummaryWriter(str(self.run_dir))
         if self.hparams:
             table = "\n".join(
@@ -97,13 +108,8 @@ class SearchCallback(BaseCallback):
             dynamic_ncols=True,
         )
 
-    def _on_step(self) -> bool:
-        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
-            if done and "accuracy" in info:
-                self._record(info)
-        return True
-
-    def _record(self, info: dict) -> None:
+    def record(self, info: dict, scalars: dict[str, float] | None = None) -> None:
+        """Log one finished episode (its ``info`` from the environment's last step)."""
         self.episodes += 1
         ep = self.episodes
         self._append_csv(ep, info)
@@ -113,15 +119,17 @@ class SearchCallback(BaseCallback):
         for key in RATIOS:
             if key in info:
                 w.add_scalar(f"episode/{key}", info[key], ep)
+        for key, value in (scalars or {}).items():
+            w.add_scalar(f"episode/{key}", value, ep)
         w.add_histogram("episode/actions", np.asarray(info["sparsities"]), ep)
-        if self.noise is not None:
-            w.add_scalar("episode/noise_sigma", self.noise.sigma, ep)
         if not self.best or info["reward"] > self.best["reward"]:
             self._new_best(ep, info)
         self._keep_candidate(ep, info)
         for key in ("reward", "accuracy", *RATIOS):
             if key in self.best:
                 w.add_scalar(f"best/{key}", self.best[key], ep)
+        if ep % HEATMAP_EVERY == 0:
+            self.draw_heatmap()
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(
@@ -149,6 +157,25 @@ class SearchCallback(BaseCallback):
             f.flush()
             os.fsync(f.fileno())
 
+    def sparsity_history(self) -> np.ndarray:
+        """Every recorded episode's per-unit sparsities (episodes x units), from ``episodes.csv``."""
+        path = self.run_dir / "episodes.csv"
+        if not path.exists():
+            return np.zeros((0, len(self.unit_names)))
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        return np.array([[float(r[u]) for u in self.unit_names] for r in rows]).reshape(
+            -1, len(self.unit_names)
+        )
+
+    def draw_heatmap(self) -> None:
+        """TensorBoard image ``search/sparsity_heatmap``: units (rows) over episodes (columns)."""
+        history = self.sparsity_history()
+        if len(history):
+            title = f"per-unit sparsity over {len(history)} episodes"
+            image = policy_heatmap(history.T, self.unit_names, title)
+            self.writer.add_image("search/sparsity_heatmap", image, self.episodes, dataformats="HWC")
+
     def _keep_candidate(self, ep: int, info: dict) -> None:
         """Keep the ``finalists`` best episodes by reward (ties: the earlier episode)."""
         candidate = {**episode_summary(ep, info), "source": "episode", "sparsities": list(info["sparsities"])}
@@ -171,27 +198,87 @@ class SearchCallback(BaseCallback):
         )
         self.writer.add_text("best/policy_table", policy_table(policy.sparsities, policy.kept), step)
 
-    def checkpoint(self) -> None:
-        """Save agent, replay buffer and state: all three written aside, then renamed in a row."""
+    def checkpoint(self, save_files: Callable[[Path], list[str]], extra_state: dict[str, Any]) -> None:
+        """Save the searcher and the run's state, if an episode finished since the last save.
+
+        ``save_files(run_dir)`` writes the searcher's files under temporary names and returns
+        their final names; each ``x.ext`` is written as ``x.tmp.ext``. They are renamed in a row
+        and ``state.json`` last, atomically: it vouches for the others.
+        """
         if self.episodes == self.saved_episodes:
             return
         run = self.run_dir
-        self.model.save(run / "agent.tmp.zip")
-        self.model.replay_buffer.save_npz(run / "buffer.tmp.npz")
+        names = save_files(run)
         state = {
             "episodes": self.episodes,
             "best": self.best,
             "candidates": self.candidates,
-            "num_timesteps": self.model.num_timesteps,
-            "noise": self.noise.state() if self.noise is not None else None,
             "elapsed": self.elapsed + time.time() - self.t0,
+            **extra_state,
         }
-        (run / "state.tmp.json").write_text(json.dumps(state, indent=1))
-        for name in ("agent.zip", "buffer.npz", "state.json"):  # state last: it vouches for the others
+        for name in names:
             (run / name.replace(".", ".tmp.", 1)).replace(run / name)
+        write_atomic(run / "state.json", json.dumps(state, indent=1))
         self.saved_episodes = self.episodes
         if self.writer is not None:
             self.writer.flush()
+
+    def close(self) -> None:
+        """Draw the final heatmap, log the hyper-parameters, close the bar and flush."""
+        if self.writer is None:
+            return
+        self.draw_heatmap()
+        if self.hparams and self.best:
+            metrics = {f"hparam/best_{k}": float(v) for k, v in self.best.items() if k != "episode"}
+            self.writer.add_hparams(self.hparams, metrics, run_name=".")
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.flush()
+
+
+class SearchCallback(BaseCallback):
+    """Plug an :class:`EpisodeRecorder` into a stable-baselines3 agent's training loop.
+
+    After every episode (once it is in the replay buffer) the agent is checkpointed:
+    ``agent.zip`` and ``buffer.npz`` beside the recorder's ``state.json``, which also holds the
+    exploration noise's state.
+
+    Args:
+        recorder: Records the episodes.
+        noise: The agent's exploration noise (its state is checkpointed), if any.
+    """
+
+    def __init__(self, recorder: EpisodeRecorder, noise: Any = None):
+        super().__init__()
+        self.recorder, self.noise = recorder, noise
+        self.noise_state = noise.state() if noise is not None else None
+
+    def _on_training_start(self) -> None:
+        if self.noise is not None:
+            # learn() resets the noise once before the first episode: that is no episode's end,
+            # so undo it (otherwise sigma decays one episode early, and once more per resume).
+            self.noise.load_state(self.noise_state)
+        self.recorder.start()
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+            if done and "accuracy" in info:
+                scalars = {"noise_sigma": self.noise.sigma} if self.noise is not None else None
+                self.recorder.record(info, scalars)
+        return True
+
+    def _save_agent(self, run: Path) -> list[str]:
+        self.model.save(run / "agent.tmp.zip")
+        self.model.replay_buffer.save_npz(run / "buffer.tmp.npz")
+        return ["agent.zip", "buffer.npz"]
+
+    def checkpoint(self) -> None:
+        """Save agent, replay buffer and state (see :meth:`EpisodeRecorder.checkpoint`)."""
+        extra = {
+            "num_timesteps": self.model.num_timesteps,
+            "noise": self.noise.state() if self.noise is not None else None,
+        }
+        self.recorder.checkpoint(self._save_agent, extra)
 
     def _on_rollout_end(self) -> None:
         # The finished episode is in the replay buffer now (stored after on_step).
@@ -199,10 +286,4 @@ class SearchCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.checkpoint()
-        if self.hparams and self.best:
-            metrics = {f"hparam/best_{k}": float(v) for k, v in self.best.items() if k != "episode"}
-            self.writer.add_hparams(self.hparams, metrics, run_name=".")
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.flush()
+        self.recorder.close()

@@ -1,9 +1,13 @@
-"""``amc search``: train an agent on the pruning environment, with resumable run folders.
+"""``amc search``: run a searcher on the pruning environment, with resumable run folders.
 
-A run folder ``runs/<model>__<agent>__seed<k>__<time>/`` holds ``config.yaml`` (resolved
-settings), ``command.txt``, TensorBoard events, ``episodes.csv``, ``best_policy.json``,
-``agent.zip`` (stable-baselines3 format) and the checkpoint (``buffer.npz``,
-``state.json``). ``resume_search(run_dir)`` continues a killed run from its last episode.
+Searchers are the RL agents (``ddpg``, ``td3``, ``sac``; stable-baselines3) and the ask/tell
+searchers of :mod:`amc.agents.population` (``random``, ``cem``). All of them run in the same
+environment with the same episode budget, are recorded the same way and end with the same
+final selection. A run folder ``runs/<model>__<agent>__seed<k>__<time>/`` holds
+``config.yaml`` (resolved settings), ``command.txt``, TensorBoard events, ``episodes.csv``,
+``best_policy.json``, ``agent.zip`` (RL agents, stable-baselines3 format) and the checkpoint
+(``state.json``, with ``buffer.npz`` for RL agents). ``resume_search(run_dir)`` continues a
+killed run from its last episode.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-from amc.agents.callbacks import SearchCallback, episode_summary
+from amc.agents.callbacks import EpisodeRecorder, SearchCallback, episode_summary, write_atomic
 from amc.agents.factory import ALGORITHMS, load_preset, make_agent
+from amc.agents.population import SEARCHERS
 from amc.agents.transfer import play_episode
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
@@ -29,6 +36,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from amc.baselines import TargetError, uniform_policy
 
 log = logging.getLogger(__name__)
+AGENTS = (*ALGORITHMS, *SEARCHERS)
+"""Every searcher ``amc search --agent`` takes: the RL agents, then the ask/tell searchers."""
 
 
 @dataclass
@@ -37,11 +46,11 @@ class SearchConfig:
 
     Attributes:
         env: The environment settings.
-        agent: ``ddpg``, ``td3`` or ``sac``.
+        agent: A name in :data:`AGENTS`: ``ddpg``, ``td3``, ``sac``, ``random`` or ``cem``.
         episodes: Episodes in all, warm-up included.
         seed: Seed of the agent and its noise.
         envs: Episodes scored in parallel (subprocess environments).
-        hp: Hyper-parameter overrides on top of the agent's preset.
+        hp: Hyper-parameter overrides on top of the agent's preset (or the searcher's defaults).
         runs_dir: Parent folder of run folders.
         name: Run folder name (default ``<model>__<agent>__seed<k>__<time>``).
         finalists: The best episodes (by reward) re-scored on the selection images at the end;
@@ -91,11 +100,73 @@ def _truncate_csv(path: Path, episodes: int) -> None:
         csv.writer(f).writerows(rows[: episodes + 1])
 
 
+def _hparams(config: SearchConfig, hp: dict[str, Any]) -> dict[str, Any]:
+    """The run's flattened settings, for TensorBoard's text and HParams tabs."""
+    settings = {
+        **asdict(config.env),
+        "agent": config.agent,
+        "episodes": config.episodes,
+        "seed": config.seed,
+        "envs": config.envs,
+        **hp,
+    }
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in settings.items()
+        if v is not None
+    }
+
+
 def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bool) -> dict:
     env = PruningEnv(config.env)
-    n_units = env.n
-    hp = load_preset(config.agent, config.env.model, config.hp)
+    rl = config.agent in ALGORITHMS
+    hp = load_preset(config.agent, config.env.model, config.hp) if rl else dict(config.hp)
+    recorder = EpisodeRecorder(
+        run_dir,
+        [u.name for u in env.units],
+        config.episodes,
+        state,
+        progress,
+        _hparams(config, hp),
+        config.finalists,
+    )
     vec_env = _make_vec_env(config, env)
+    try:
+        if rl:
+            propose = _learn(config, vec_env, env.n, hp, recorder, state)
+        else:
+            propose = _ask_tell(config, vec_env, env.n, hp, recorder, state)
+    finally:
+        vec_env.close()
+    best = recorder.best
+    if config.env.selection_images and recorder.candidates:
+        best = select_final(env, recorder, propose)
+    warmup = min(int(hp.get("warmup_episodes", 100)), config.episodes) if rl else 0
+    return {
+        "run_dir": str(run_dir),
+        "agent": config.agent,
+        "episodes": recorder.episodes,
+        "warmup": warmup,
+        "best": best,
+        "seconds": recorder.elapsed + time.time() - recorder.t0,
+        "env": env,
+    }
+
+
+Proposal = Callable[[PruningEnv], dict | None]
+"""Plays the searcher's own noise-free policy in an env (a final-selection candidate)."""
+
+
+def _learn(
+    config: SearchConfig,
+    vec_env: VecEnv,
+    n_units: int,
+    hp: dict,
+    recorder: EpisodeRecorder,
+    state: dict | None,
+) -> Proposal:
+    """Train a stable-baselines3 agent for the remaining episodes; returns its actor's proposal."""
+    run_dir = recorder.run_dir
     agent, noise = make_agent(config.agent, vec_env, hp, n_units, config.seed, config.envs)
     if state is not None:
         agent = ALGORITHMS[config.agent].load(run_dir / "agent.zip", env=vec_env, device="cpu")
@@ -105,60 +176,81 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
             agent.action_noise = noise
         agent.num_timesteps = int(state["num_timesteps"])
     agent.set_logger(configure(str(run_dir), ["tensorboard"]))
-    done = state["episodes"] if state else 0
-    settings = {
-        **asdict(config.env),
-        "agent": config.agent,
-        "episodes": config.episodes,
-        "seed": config.seed,
-        "envs": config.envs,
-        **hp,
-    }
-    hparams = {
-        k: v if isinstance(v, (int, float, str, bool)) else str(v)
-        for k, v in settings.items()
-        if v is not None
-    }
-    callback = SearchCallback(
-        run_dir,
-        [u.name for u in env.units],
-        config.episodes,
-        state,
-        noise,
-        progress,
-        hparams,
-        config.finalists,
+    remaining = max(0, config.episodes - recorder.episodes)
+    agent.learn(
+        total_timesteps=remaining * n_units,
+        callback=SearchCallback(recorder, noise),
+        reset_num_timesteps=state is None,
+        log_interval=1,
     )
-    remaining = max(0, config.episodes - done)
-    try:
-        agent.learn(
-            total_timesteps=remaining * n_units,
-            callback=callback,
-            reset_num_timesteps=state is None,
-            log_interval=1,
-        )
-    finally:
-        vec_env.close()
     agent.save(run_dir / "agent.zip")
-    best = callback.best
-    if config.env.selection_images and callback.candidates:
-        best = select_final(env, callback, agent)
-    return {
-        "run_dir": str(run_dir),
-        "episodes": callback.episodes,
-        "best": best,
-        "seconds": callback.elapsed + time.time() - callback.t0,
-        "env": env,
+    return lambda env: {
+        **play_episode(env, lambda obs: agent.predict(obs, deterministic=True)[0]),
+        "source": "actor",
     }
 
 
-def _extra_candidates(env: PruningEnv, agent: Any) -> list[dict]:
-    """The trained actor's noise-free episode, and the uniform policy in channel mode with a budget.
+def _ask_tell(
+    config: SearchConfig,
+    vec_env: VecEnv,
+    n_units: int,
+    hp: dict,
+    recorder: EpisodeRecorder,
+    state: dict | None,
+) -> Proposal:
+    """Run an ask/tell searcher for the remaining episodes, ``config.envs`` episodes at a time."""
+    searcher = SEARCHERS[config.agent](n_units, config.seed, **hp)
+    if state is not None:
+        searcher.load_state(state["searcher"])
+    recorder.start()
+    while recorder.episodes < config.episodes:
+        count = min(config.envs, config.episodes - recorder.episodes)
+        actions = [searcher.ask() for _ in range(count)]
+        for info in _play_round(vec_env, actions, n_units)[:count]:
+            searcher.tell(np.asarray(info["actions"]), info["reward"])
+            recorder.record(info)
+        recorder.checkpoint(lambda _: [], {"searcher": searcher.state()})
+    recorder.close()
+
+    def propose(env: PruningEnv) -> dict | None:
+        actions = searcher.proposal()
+        return None if actions is None else {**play_actions(env, actions), "source": f"{config.agent} mean"}
+
+    return propose
+
+
+def _play_round(vec_env: VecEnv, actions: list[np.ndarray], n_units: int) -> list[dict]:
+    """One episode per environment in lockstep; environments beyond ``actions`` act at random."""
+    rng = np.random.default_rng(len(actions))
+    rows = [actions[i] if i < len(actions) else rng.uniform(-1, 1, n_units) for i in range(vec_env.num_envs)]
+    batch = np.array(rows, dtype=np.float32)
+    for t in range(n_units):
+        _, _, dones, infos = vec_env.step(batch[:, t : t + 1])
+    assert dones.all(), "all environments end an episode after the same number of units"
+    return list(infos)
+
+
+def play_actions(env: PruningEnv, actions: np.ndarray) -> dict:
+    """Run one episode with the given per-unit actions; return the last step's ``info``."""
+    steps = iter(np.asarray(actions, dtype=np.float32).reshape(-1, 1))
+    return play_episode(env, lambda obs: next(steps))
+
+
+def _extra_candidates(env: PruningEnv, propose: Proposal) -> list[dict]:
+    """The searcher's noise-free proposal, and the uniform policy in channel mode with a budget.
 
     The uniform policy is exactly the one ``amc search`` compares against at the end.
     """
-    actor = play_episode(env, lambda obs: agent.predict(obs, deterministic=True)[0])
-    rows = [{**episode_summary(None, actor), "source": "actor", "sparsities": actor["sparsities"]}]
+    rows = []
+    proposal = propose(env)
+    if proposal is not None:
+        rows.append(
+            {
+                **episode_summary(None, proposal),
+                "source": proposal["source"],
+                "sparsities": proposal["sparsities"],
+            }
+        )
     config = env.config
     if env.backend.mode == "channel" and config.target is not None and config.metric != "latency":
         pruner = env.backend.pruner
@@ -180,18 +272,19 @@ def choice_label(choice: dict) -> str:
     return f"episode {choice.get('episode')}" if source == "episode" else f"the {source} policy"
 
 
-def select_final(env: PruningEnv, callback: SearchCallback, agent: Any) -> dict:
+def select_final(env: PruningEnv, recorder: EpisodeRecorder, propose: Proposal) -> dict:
     """Re-score the finalists on the selection images; the best there becomes ``best_policy.json``.
 
     The best of hundreds of episodes, each scored on the same few thousand images, is the
     luckiest as much as the best (its score is biased upwards). Re-ranking the top few on
     images that no episode was scored on removes that bias from the choice. The finalists are
-    the best episodes by reward, the trained actor's noise-free episode and the uniform policy
-    (so a search never hands back a policy that does worse than uniform there). The ranking
-    goes to ``finalists.json``; TensorBoard gets ``final/*`` scalars and the chosen policy.
+    the best episodes by reward, the searcher's noise-free proposal (the RL agent's actor,
+    the CEM mean) and the uniform policy (so a search never hands back a policy that does
+    worse than uniform there). The ranking goes to ``finalists.json``; TensorBoard gets
+    ``final/*`` scalars and the chosen policy.
     """
     rows = []
-    for candidate in callback.candidates + _extra_candidates(env, agent):
+    for candidate in recorder.candidates + _extra_candidates(env, propose):
         selection = env.evaluate(candidate["sparsities"], on="selection")
         rows.append(
             {
@@ -201,25 +294,25 @@ def select_final(env: PruningEnv, callback: SearchCallback, agent: Any) -> dict:
             }
         )
     rows.sort(key=lambda r: -r["selection_reward"])  # stable: ties keep the episodes' order
-    run_dir = callback.run_dir
-    (run_dir / "finalists.json").write_text(json.dumps(rows, indent=1))
+    run_dir = recorder.run_dir
+    write_atomic(run_dir / "finalists.json", json.dumps(rows, indent=1))
     final = {k: v for k, v in rows[0].items() if k != "sparsities"}
     metrics = {k: final[k] for k in ("accuracy", "reward", "selection_accuracy", "source", "episode")}
     policy = env.backend.policy(rows[0]["sparsities"], **metrics)
-    step = callback.episodes
+    step = recorder.episodes
     for key in ("selection_accuracy", "accuracy"):
-        callback.writer.add_scalar(f"final/{key}", final[key], step)
+        recorder.writer.add_scalar(f"final/{key}", final[key], step)
     title = f"final: {choice_label(final)}, selection accuracy {final['selection_accuracy']:.2f} %"
-    callback.show_best(policy, step, title)
-    callback.writer.flush()
+    recorder.show_best(policy, step, title)
+    recorder.writer.flush()
     log.info("final policy: %s", title)
     return final
 
 
 def run_search(config: SearchConfig, progress: bool = True) -> dict:
     """Start a new search; returns the run folder, episode count, best result and wall time."""
-    if config.agent not in ALGORITHMS:
-        raise ValueError(f"unknown agent '{config.agent}'; known agents: {', '.join(ALGORITHMS)}")
+    if config.agent not in AGENTS:
+        raise ValueError(f"unknown agent '{config.agent}'; known agents: {', '.join(AGENTS)}")
     run_dir = Path(config.runs_dir) / config.run_name()
     if (run_dir / "state.json").exists() or (run_dir / "episodes.csv").exists():
         raise FileExistsError(f"{run_dir} already holds a search; resume it with --resume {run_dir}")

@@ -37,3 +37,35 @@ def policy_table(sparsities: Mapping[str, float], kept: Mapping[str, int] | None
     for name, s in sparsities.items():
         rows.append(f"| {name} | {float(s):.3f} | {(kept or {}).get(name, '')} |")
     return "\n".join(rows)
+
+
+def _colour(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB (dark blue -> teal -> yellow, a viridis-like ramp)."""
+    stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)
+    x = np.clip(values, 0.0, 1.0) * (len(stops) - 1)
+    low = np.minimum(x.astype(int), len(stops) - 2)
+    frac = (x - low)[..., None]
+    return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+
+
+def policy_heatmap(matrix: np.ndarray, unit_names: list[str], title: str = "") -> np.ndarray:
+    """An RGB image of per-unit sparsity (rows: units, columns: episodes), colour bar 0 to 1."""
+    from PIL import Image, ImageDraw
+
+    units, episodes = matrix.shape
+    cell_h, label_w, top, bar_w = 14, 150, 24, 60
+    plot_w = max(300, min(900, episodes * 3))
+    cells = Image.fromarray(_colour(matrix)).resize((plot_w, units * cell_h), Image.NEAREST)
+    img = Image.new("RGB", (label_w + plot_w + bar_w, top + units * cell_h + 20), "white")
+    img.paste(cells, (label_w, top))
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 4), title, fill="black")
+    for i, name in enumerate(unit_names):
+        draw.text((4, top + i * cell_h + 1), name[-24:], fill="black")
+    draw.text((label_w, top + units * cell_h + 4), "episode 1", fill="black")
+    draw.text((label_w + plot_w - 60, top + units * cell_h + 4), f"episode {episodes}", fill="black")
+    ramp = _colour(np.linspace(1, 0, units * cell_h))[:, None, :].repeat(12, 1)
+    img.paste(Image.fromarray(ramp), (label_w + plot_w + 8, top))
+    draw.text((label_w + plot_w + 24, top), "1.0", fill="black")
+    draw.text((label_w + plot_w + 24, top + units * cell_h - 10), "0.0", fill="black")
+    return np.asarray(img)

@@ -137,7 +137,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
         result = run_search(config, progress=not args.no_progress)
     best = result["best"]
-    print(f"run: {result['run_dir']}  ({result['episodes']} episodes, {result['seconds'] / 60:.1f} min)")
+    split = (
+        f": {result['warmup']} random warm-up + {result['episodes'] - result['warmup']} learned"
+        if result["warmup"]
+        else ""
+    )
+    print(
+        f"run: {result['run_dir']}  ({result['agent']}, {result['episodes']} episodes{split}, "
+        f"{result['seconds'] / 60:.1f} min)"
+    )
     selection = (
         f", selection accuracy {best['selection_accuracy']:.2f} %" if "selection_accuracy" in best else ""
     )
@@ -350,7 +358,12 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         "Search a pruning policy with DDPG/TD3/SAC on the pruning environment. "
         "With no arguments: shipped ResNet-20, bundled CIFAR-10 sample, 50 % FLOPs.",
     )
-    p.add_argument("--agent", default="ddpg", choices=["ddpg", "td3", "sac"], help="RL agent (default: ddpg)")
+    p.add_argument(
+        "--agent",
+        default="ddpg",
+        help="searcher: an RL agent (ddpg, td3, sac), 'random' (uniform random actions) or 'cem' "
+        "(cross-entropy method); all get the same episodes and final selection (default: %(default)s)",
+    )
     p.add_argument(
         "--episodes", type=int, default=300, help="episodes in all, warm-up included (default: 300)"
     )

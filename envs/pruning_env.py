@@ -5,7 +5,7 @@ Action: one number in [-1, 1], mapped linearly to a sparsity in [0, max_sparsity
 clamped by the action wall (when a target is set) and rounded to whole channels. The applied
 action is reported in ``info["applied_action"]`` (same [-1, 1] scale) so that agents learn
 from what was done. The reward arrives at the last unit, with ``info`` holding the policy,
-the accuracy on the search split and the cost ratios.
+the accuracy on the search split, the cost ratios, and the applied sparsities and actions.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class PruningEnv(gym.Env):
         info.update(
             **result,
             sparsities=list(self._decided),
+            actions=[self.to_action(s) for s in self._decided],
             policy=policy.sparsities,
             policy_json=policy.to_json(),
         )
