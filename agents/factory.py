@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import yaml
 from amc.agents.buffer import EpisodeRewardReplayBuffer
+from amc.agents.elite import EliteImitation
 from amc.agents.noise import DecayingTruncatedNormalNoise
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -29,6 +30,9 @@ AMC_KEYS = (
     "net_arch",
     "learning_rate_actor",
     "learning_rate_critic",
+    "elite_episodes",
+    "imitation_steps",
+    "imitation_lr",
 )
 
 
@@ -110,7 +114,10 @@ def make_agent(
         "train_freq": (1, "episode") if n_envs == 1 else (n_units, "step"),
         "gradient_steps": -1,
         "replay_buffer_class": EpisodeRewardReplayBuffer,
-        "replay_buffer_kwargs": {"baseline_alpha": float(amc.get("baseline_alpha", 0.5))},
+        "replay_buffer_kwargs": {
+            "baseline_alpha": float(amc.get("baseline_alpha", 0.5)),
+            "elite_episodes": int(amc.get("elite_episodes", 0)),
+        },
         "seed": seed,
         "verbose": 0,
         "device": "cpu",
@@ -136,3 +143,12 @@ def make_agent(
     kwargs.update(hp)
     agent = ALGORITHMS[algo](policy, env, policy_kwargs=policy_kwargs, **kwargs)
     return agent, noise
+
+
+def imitation_callback(hp: dict[str, Any]) -> EliteImitation | None:
+    """The elite-imitation plug-in the preset asks for (``elite_episodes`` and ``imitation_steps``)."""
+    if not int(hp.get("elite_episodes", 0)) or not int(hp.get("imitation_steps", 0)):
+        return None
+    return EliteImitation(
+        int(hp["imitation_steps"]), float(hp.get("imitation_lr", 1e-3)), int(hp.get("warmup_episodes", 100))
+    )

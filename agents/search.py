@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import yaml
 from amc.agents.callbacks import EpisodeRecorder, SearchCallback, episode_summary, write_atomic
-from amc.agents.factory import ALGORITHMS, load_preset, make_agent
+from amc.agents.factory import ALGORITHMS, imitation_callback, load_preset, make_agent
 from amc.agents.population import SEARCHERS
 from amc.agents.transfer import play_episode
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
@@ -177,9 +178,10 @@ def _learn(
         agent.num_timesteps = int(state["num_timesteps"])
     agent.set_logger(configure(str(run_dir), ["tensorboard"]))
     remaining = max(0, config.episodes - recorder.episodes)
+    callbacks = [imitation_callback(hp), SearchCallback(recorder, noise)]  # imitate, then checkpoint
     agent.learn(
         total_timesteps=remaining * n_units,
-        callback=SearchCallback(recorder, noise),
+        callback=CallbackList([c for c in callbacks if c is not None]),
         reset_num_timesteps=state is None,
         log_interval=1,
     )

@@ -84,21 +84,18 @@ def uniform_policy(
     return _policy(pruner, sparsities, scorer, "uniform", model)
 
 
-def sensitivity_policy(
-    pruner: ChannelPruner,
-    scorer: Scorer,
-    target: float,
-    metric: str = "flops",
-    levels: Sequence[float] = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2)),
-    model: str = "",
-) -> Policy:
-    """Sensitivity analysis: prune each unit alone at each level, then threshold the accuracy drop.
+SENSITIVITY_LEVELS: tuple[float, ...] = tuple(float(v) for v in np.round(np.arange(0.1, 1.0, 0.1), 2))
+"""Sparsity levels at which sensitivity analysis prunes each unit alone."""
 
-    Each unit gets the largest level whose solo accuracy drop is at most a threshold; the
-    threshold is the smallest that meets the target.
+
+def sensitivity_drops(
+    pruner: ChannelPruner, scorer: Scorer, levels: Sequence[float] = SENSITIVITY_LEVELS
+) -> np.ndarray:
+    """Accuracy drop (points) of pruning each unit alone at each level: units x levels.
+
+    The expensive half of :func:`sensitivity_policy`; it does not depend on the budget, so
+    one matrix serves every target.
     """
-    _check_target(target)
-    cost = cost_ratio_fn(pruner, metric)
     n = len(pruner.units)
     base = scorer.evaluate(pruner.apply(pruner.kept_for([0.0] * n)))
     drops = np.zeros((n, len(levels)))
@@ -108,6 +105,29 @@ def sensitivity_policy(
             sparsities[u] = level
             drops[u, j] = base - scorer.evaluate(pruner.apply(pruner.kept_for(sparsities)))
     pruner.reset()
+    return drops
+
+
+def sensitivity_policy(
+    pruner: ChannelPruner,
+    scorer: Scorer,
+    target: float,
+    metric: str = "flops",
+    levels: Sequence[float] = SENSITIVITY_LEVELS,
+    model: str = "",
+    drops: np.ndarray | None = None,
+) -> Policy:
+    """Sensitivity analysis: prune each unit alone at each level, then threshold the accuracy drop.
+
+    Each unit gets the largest level whose solo accuracy drop is at most a threshold; the
+    threshold is the smallest that meets the target. ``drops`` reuses a
+    :func:`sensitivity_drops` matrix measured with the same ``levels`` (e.g. for another target).
+    """
+    _check_target(target)
+    cost = cost_ratio_fn(pruner, metric)
+    n = len(pruner.units)
+    if drops is None:
+        drops = sensitivity_drops(pruner, scorer, levels)
 
     def sparsities_at(threshold: float) -> list[float]:
         return [

@@ -13,6 +13,7 @@ from amc.cli_search import add_parsers
 from amc.data import DATASETS, DatasetError
 from amc.loading import load_model_and_data
 from amc.models import MODELS, CheckpointError, ModelError, create_model
+from amc.plots import MissingExtraError
 from amc.train import Ensemble, TrainConfig, evaluate, set_threads, train
 
 log = logging.getLogger("amc")
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         DatasetError,
         ModelError,
         CheckpointError,
+        MissingExtraError,
         FileExistsError,
         FileNotFoundError,
         ValueError,

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from amc.baselines import TargetError, random_search_policy, sensitivity_policy, uniform_policy
+from amc.baselines import TargetError, uniform_policy
 
 log = logging.getLogger("amc")
 
@@ -181,47 +181,54 @@ def summary(env, run_dir: Path) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """``amc compare``: baseline policies (uniform, sensitivity, random) at a budget."""
+    """``amc compare``: methods side by side at equal budgets, optionally after the same fine-tune."""
+    from amc.compare import (
+        CompareConfig,
+        Comparison,
+        given_entry,
+        parse_ratios,
+        random_trials,
+        read_search_run,
+    )
+    from amc.compare_report import markdown_table, write_report
     from amc.envs.config import build_backend
-    from amc.policy import Policy
-    from amc.report import compare, format_table
 
     config = env_config(args)
-    if config.target is None:
-        raise TargetError("compare needs a budget, e.g. --target flops=0.5")
-    backend = build_backend(config)
-    pruner, scorer = backend.pruner, backend.scorer
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    policies: dict[str, Policy] = {}
-    for name in args.baselines.split(","):
-        if name == "uniform":
-            policies[name] = uniform_policy(pruner, config.target, config.metric, scorer, config.model)
-        elif name == "sensitivity":
-            policies[name] = sensitivity_policy(
-                pruner, scorer, config.target, config.metric, model=config.model
-            )
-        elif name == "random":
-            policies[name] = random_search_policy(
-                pruner,
-                scorer,
-                config.target,
-                config.metric,
-                args.trials,
-                config.max_sparsity,
-                args.seed,
-                config.model,
-            )
-        else:
-            raise ValueError(f"unknown baseline '{name}'; use uniform, sensitivity, random")
-        policies[name].save(out / f"{name}_policy.json")
-    for path in args.policy:
-        policies[Path(path).stem] = Policy.load(path)
-    kept = {n: [p.kept[u.name] for u in pruner.units] for n, p in policies.items()}
-    rows = compare(pruner, scorer.dataset, kept, scorer, "test", config.device)
-    print(
-        format_table(rows, f"{config.model}, target {config.metric}={config.target}, held-out test images:")
+    if config.target is None or config.mode != "channel":
+        raise TargetError("compare needs channel mode and a budget, e.g. --target flops=0.5")
+    plots = bool(args.finetune_epochs) and not args.no_plots
+    if plots:
+        from amc.plots import require_matplotlib
+
+        require_matplotlib()  # before hours of fine-tuning, not after
+    runs = [read_search_run(run, config.metric) for run in args.search]
+    given = [r.entry for r in runs] + [given_entry(p, config.metric) for p in args.policy]
+    compare_config = CompareConfig(
+        metric=config.metric,
+        target=config.target,
+        targets=parse_ratios(args.targets),
+        baselines=tuple(b for b in args.baselines.split(",") if b),
+        trials=random_trials(runs, args.trials),
+        max_sparsity=config.max_sparsity,
+        seed=args.seed,
+        finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
+        distill=args.distill,
+        threads=args.threads,
+        progress=not args.no_progress,
+        device=config.device,
+        model=config.model,
     )
+    identity = ("model", "checkpoint", "width", "dataset", "data", "split_seed", "search_size")
+    identity += ("criterion", "round_to", "reconstruct", "recalibrate", "search_images", "selection_images")
+    settings = {k: getattr(config, k) for k in identity}
+    backend = build_backend(config)
+    comparison = Comparison(backend.pruner, backend.scorer, compare_config, args.out, given, settings)
+    test_images = len(backend.scorer.dataset.split("test"))
+    report = comparison.run(f"{config.model} on {config.dataset}, {test_images} test images")
+    written = write_report(report, args.out, plots)
+    print(markdown_table(report))
+    print(f"wrote {', '.join(str(p) for p in written)} and TensorBoard events")
     return 0
 
 
@@ -427,16 +434,57 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
 
     p = env_command(
         "compare",
-        "baseline policies (uniform, sensitivity, random) at a budget",
-        "Build baseline policies for the budget and compare them (and any "
-        "--policy files) with the dense model on the held-out test images.",
+        "pruning methods side by side at equal budgets, optionally fine-tuned",
+        "Prune with each method at the budget (a search's best policy, --policy files, uniform, "
+        "sensitivity analysis, random search), evaluate on the held-out test images, optionally "
+        "fine-tune each with the same recipe and evaluate again. Writes compare.md and compare.csv "
+        "into --out, TensorBoard events, and with fine-tuning accuracy_vs_flops.png and profiles.png. "
+        "A re-run with the same --out skips the methods already done.",
     )
-    p.add_argument("--baselines", default="uniform,sensitivity,random", help="comma-separated baselines")
-    p.add_argument("--policy", nargs="*", default=[], help="extra policy JSON files to compare")
-    p.add_argument("--trials", type=int, default=30, help="random-search trials (default: 30)")
-    p.add_argument("--seed", type=int, default=0, help="random-search seed (default: 0)")
     p.add_argument(
-        "--out", default="runs/compare", help="folder for the baseline policies (default: runs/compare)"
+        "--baselines", default="uniform,sensitivity,random", help="comma-separated baselines (default: all)"
+    )
+    p.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="a search run folder: its best_policy.json is compared as 'search', and random search gets "
+        "its episode count (state.json); repeat for runs at several budgets",
+    )
+    p.add_argument("--policy", nargs="*", default=[], help="extra policy JSON files to compare")
+    p.add_argument(
+        "--targets",
+        default="",
+        help="further budgets (ratios in --target's metric) at which the baselines are built, "
+        "e.g. 0.3,0.5,0.7, for the accuracy-vs-FLOPs plot (default: --target's only)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=30,
+        help="random-search trials without --search (with it: the search's episodes) (default: 30)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of random search and fine-tuning (default: 0)")
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="fine-tune every pruned model this many epochs (needs a training split; default: 0, none)",
+    )
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate (default: 0.01)")
+    p.add_argument("--distill", action="store_true", help="fine-tune by distilling the dense model")
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="skip the PNG plots (drawn with --finetune-epochs; they need matplotlib: "
+        "pip install 'amc-pruner[plot]')",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the fine-tuning progress bars")
+    p.add_argument(
+        "--out",
+        default="runs/compare",
+        help="output folder: tables, plots, policies, results; a re-run continues it (default: runs/compare)",
     )
     p.set_defaults(func=cmd_compare)
 
