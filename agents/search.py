@@ -27,6 +27,7 @@ import yaml
 from amc.agents.callbacks import EpisodeRecorder, SearchCallback, episode_summary, write_atomic
 from amc.agents.factory import ALGORITHMS, imitation_callback, load_preset, make_agent
 from amc.agents.population import SEARCHERS
+from amc.agents.summary import choice_label
 from amc.agents.transfer import play_episode
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
@@ -266,12 +267,6 @@ def _extra_candidates(env: PruningEnv, propose: Proposal) -> list[dict]:
             {**episode_summary(None, env.evaluate(uniform)), "source": "uniform", "sparsities": uniform}
         )
     return rows
-
-
-def choice_label(choice: dict) -> str:
-    """``episode N``, or ``the actor policy`` / ``the uniform policy`` for the other finalists."""
-    source = choice.get("source", "episode")
-    return f"episode {choice.get('episode')}" if source == "episode" else f"the {source} policy"
 
 
 def select_final(env: PruningEnv, recorder: EpisodeRecorder, propose: Proposal) -> dict:

@@ -1,7 +1,8 @@
 """Benchmarks behind ``amc benchmark`` (ratios against a baseline in the same run, medians).
 
-* ``overhead``: one search episode (pseudo-prune to a random policy, score N images)
-  divided by a plain dense forward pass over the same images; alternated, median.
+* ``overhead``: the timing tools behind it (:class:`PartTimer`, :func:`alternate`,
+  :func:`summarize_overhead`); the episode itself needs the environment and the agent, so
+  it is timed in :mod:`amc.agents.overhead`.
 * ``speedup``: physical pruning to 50 % FLOPs (uniform policy): measured latency speed-up
   divided by the FLOPs speed-up (1.0 = the physical limit), for the eager model and for its
   deployed form (BatchNorm folded into the convolutions, as inference runtimes do).
@@ -36,39 +37,113 @@ def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def episode_overhead(
-    model: nn.Module, images: torch.Tensor, repeats: int = 7, seed: int = 0, batch_size: int = 500
-) -> dict[str, float]:
-    """Median time of a pseudo-pruned episode over a dense forward pass on the same images."""
-    pruner = ChannelPruner(model, (1, *images.shape[1:]))
-    rng = np.random.default_rng(seed)
+class PartTimer:
+    """Exclusive wall time and call counts of chosen methods, grouped into named parts.
 
-    @torch.no_grad()
-    def dense() -> None:
+    :meth:`wrap` shadows a method of one object with a timed version until :meth:`restore`
+    (or the end of a ``with`` block). A timed call made inside another one counts for the
+    inner part only, so the parts never overlap and can be added up.
+
+    Example:
+        >>> timer = PartTimer()
+        >>> with timer:
+        ...     timer.wrap(scorer, "accuracy", "scoring")
+        ...     scorer.evaluate(model)
+        >>> timer.seconds["scoring"], timer.calls["scoring"]
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._inner: list[float] = []  # per open timed call: time spent in timed calls inside it
+        self._wrapped: list[tuple[object, str]] = []
+
+    def wrap(self, obj: object, method: str, part: str) -> None:
+        """Time every call of ``obj.method`` (this object only) as ``part``."""
+        original = getattr(obj, method)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            self._inner.append(0.0)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                inner = self._inner.pop()
+                self.seconds[part] = self.seconds.get(part, 0.0) + elapsed - inner
+                self.calls[part] = self.calls.get(part, 0) + 1
+                if self._inner:
+                    self._inner[-1] += elapsed
+
+        setattr(obj, method, timed)
+        self._wrapped.append((obj, method))
+
+    def reset(self) -> None:
+        """Forget the times and counts recorded so far (the wrapping stays)."""
+        self.seconds.clear()
+        self.calls.clear()
+
+    def restore(self) -> None:
+        """Undo every :meth:`wrap`."""
+        for obj, method in reversed(self._wrapped):
+            delattr(obj, method)
+        self._wrapped.clear()
+
+    def __enter__(self) -> PartTimer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def dense_forward(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> None:
+    """One plain inference pass of ``model`` (eval mode, no autograd) over ``images``."""
+    model.eval()
+    with torch.no_grad():
         for x in images.split(batch_size):
             model(x)
 
-    @torch.no_grad()
-    def episode() -> None:
-        pruner.apply(pruner.kept_for(rng.uniform(0, 0.8, len(pruner.units)).tolist()))
-        for x in images.split(batch_size):
-            model(x).argmax(1)
 
-    model.eval()
-    dense()
-    ratios, t_dense, t_episode = [], [], []
-    for _ in range(repeats):  # alternate, so drift in machine load hits both alike
-        d = _median_time(dense, 1)[0]
-        e = _median_time(episode, 1)[0]
-        t_dense.append(d)
-        t_episode.append(e)
-        ratios.append(e / d)
-    pruner.reset()
+def alternate(
+    baseline: Callable[[], object], candidate: Callable[[], object], repeats: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Time ``baseline`` and ``candidate`` alternately ``repeats`` times (after one untimed round each).
+
+    Alternating spreads drifts in machine load over both alike.
+
+    Returns:
+        The baseline's times, the candidate's times (seconds) and their per-round ratios
+        (candidate over baseline).
+    """
+    baseline()
+    candidate()
+    base, cand = [], []
+    for _ in range(repeats):
+        base.append(_median_time(baseline, 1)[0])
+        cand.append(_median_time(candidate, 1)[0])
+    return base, cand, [c / b for b, c in zip(base, cand, strict=True)]
+
+
+def summarize_overhead(
+    dense: list[float], episode: list[float], parts: list[dict[str, float]], images: int
+) -> dict[str, object]:
+    """The overhead record: medians, the median ratio, and each part's median time and share.
+
+    Args:
+        dense: Times of the dense passes (seconds).
+        episode: Times of the episodes, alternated with them.
+        parts: Per episode, seconds by part (summing to that episode's time).
+        images: Images scored per episode (and in each dense pass).
+    """
+    names = list(dict.fromkeys(k for p in parts for k in p))
+    total = sum(episode)
     return {
-        "dense_s": statistics.median(t_dense),
-        "episode_s": statistics.median(t_episode),
-        "ratio": statistics.median(ratios),
-        "images": len(images),
+        "dense_s": statistics.median(dense),
+        "episode_s": statistics.median(episode),
+        "ratio": statistics.median(e / d for d, e in zip(dense, episode, strict=True)),
+        "images": images,
+        "parts_s": {k: statistics.median(p.get(k, 0.0) for p in parts) for k in names},
+        "shares": {k: sum(p.get(k, 0.0) for p in parts) / total for k in names},
     }
 
 

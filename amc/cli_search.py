@@ -319,33 +319,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    """``amc summarize``: mean and standard deviation over search runs (e.g. several seeds)."""
-    import statistics
+    """``amc summarize``: mean ± std over search runs (e.g. seeds), and searchers side by side."""
+    from amc.agents.summary import load_run, mean_std, searcher_table
 
-    from amc.agents.search import choice_label
-
-    rows = []
-    for run in args.runs:
-        run = Path(run)
-        table = {r["name"]: r for r in json.loads((run / "summary.json").read_text())}
-        state = json.loads((run / "state.json").read_text())
-        label = choice_label(json.loads((run / "best_policy.json").read_text())["metrics"])
-        best, uniform = table["best"], table["uniform"]
-        rows.append((best["top1"], uniform["top1"], state["elapsed"] / 60))
+    records = [load_run(run) for run in args.runs]
+    for r in records:
         print(
-            f"{run.name}: best {best['top1']:.2f} % (FLOPs {best['flops_ratio']:.3f}, {label}), "
-            f"uniform {uniform['top1']:.2f} % (FLOPs {uniform['flops_ratio']:.3f}), "
-            f"gain {best['top1'] - uniform['top1']:+.2f}, {state['episodes']} episodes, {rows[-1][2]:.1f} min"
+            f"{r.name}: {r.agent}, best {r.best:.2f} % ({r.label}), uniform {r.uniform:.2f} %, "
+            f"gain {r.best - r.uniform:+.2f}, {r.episodes} episodes, {r.minutes:.1f} min"
         )
-
-    def stat(values: list[float]) -> str:
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.2f} ± {spread:.2f}"
-
     print(
-        f"{len(rows)} runs: best {stat([r[0] for r in rows])} %, uniform {stat([r[1] for r in rows])} %, "
-        f"gain {stat([r[0] - r[1] for r in rows])} points, {stat([r[2] for r in rows])} min per run"
+        f"{len(records)} runs: best {mean_std([r.best for r in records])} %, "
+        f"uniform {mean_std([r.uniform for r in records])} %, "
+        f"gain {mean_std([r.best - r.uniform for r in records])} points, "
+        f"{mean_std([r.minutes for r in records])} min per run"
     )
+    if len({r.agent for r in records}) > 1:
+        print(searcher_table(records))
     return 0
 
 
@@ -490,8 +480,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
 
     p = sub.add_parser(
         "summarize",
-        help="mean ± std of best vs uniform over search runs (e.g. seeds)",
-        description="Aggregate the held-out summary tables of finished search runs.",
+        help="mean ± std of best vs uniform over search runs (e.g. seeds); searchers side by side",
+        description="Aggregate the held-out summary tables of finished search runs. Runs of several "
+        "searchers (--agent) are also compared seed by seed against random search.",
     )
     p.add_argument("runs", nargs="+", help="run folders (each with summary.json and state.json)")
     p.set_defaults(func=cmd_summarize)

@@ -110,8 +110,12 @@ class CompareConfig:
         return sorted({self.target, *self.targets})
 
     def recipe(self) -> dict:
-        """The settings that change an entry's result (part of the folder's identity)."""
-        keys = ("metric", "trials", "max_sparsity", "seed", "finetune_epochs", "finetune_lr", "distill")
+        """The settings that change results: part of the output folder's identity.
+
+        ``trials`` is not: it labels the random-search entry instead, so a later run that adds
+        ``--search`` (and so changes the trials) reuses every other finished entry.
+        """
+        keys = ("metric", "max_sparsity", "seed", "finetune_epochs", "finetune_lr", "distill")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -271,9 +275,10 @@ class Comparison:
         self._teacher: nn.Module | None = None
 
     def entries(self) -> list[Entry]:
-        """The given policies, then each baseline at each budget."""
-        baselines = [Entry(b, t) for t in self.config.budgets for b in self.config.baselines]
-        return self.given + baselines
+        """The given policies, then each baseline at each budget (random search labelled by its trials)."""
+        c = self.config
+        label = {"random": f"{c.trials} trials"}
+        return self.given + [Entry(b, t, None, label.get(b, "")) for t in c.budgets for b in c.baselines]
 
     def run(self, title: str = "") -> Report:
         """Measure every entry not measured in an earlier run; return the report of all of them."""

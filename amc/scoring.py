@@ -121,8 +121,12 @@ class Scorer:
             correct += (model(x).argmax(1) == y).sum().item()
         return 100.0 * correct / len(labels)
 
-    def evaluate(self, model: nn.Module, on: str = "search") -> float:
-        """Optionally recalibrate BatchNorm statistics, then return top-1 accuracy (%) on ``on``."""
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        """Re-estimate ``model``'s BatchNorm statistics on the recalibration images (if configured)."""
         if self.recalibration is not None:
             recalibrate_bn_on(model, self.recalibration, 256)
-        return self.accuracy(model, on)
+        return model
+
+    def evaluate(self, model: nn.Module, on: str = "search") -> float:
+        """Optionally recalibrate BatchNorm statistics, then return top-1 accuracy (%) on ``on``."""
+        return self.accuracy(self.recalibrate(model), on)

@@ -39,7 +39,7 @@ def make_split(n: int, rng: np.random.Generator) -> ImageArrays:
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
     rng = np.random.default_rng(0)
-    splits = {"train": make_split(192, rng), "search": make_split(48, rng), "test": make_split(64, rng)}
+    splits = {"train": make_split(128, rng), "search": make_split(48, rng), "test": make_split(48, rng)}
     return Dataset("synthetic", [f"c{i}" for i in range(CLASSES)], splits, (0.4,) * 3, (0.25,) * 3, 0, "mem")
 
 
@@ -93,7 +93,9 @@ def test_tables_have_a_row_per_method_and_budget(finished):
     assert names[0] == ("dense", 1.0)
     search = next(r for r in report.results if r.method == "search")
     assert search.target == round(search.flops_ratio, 2)  # a policy file's budget: its own ratio
-    expected = {("search", search.target)} | {(m, t) for m in ("uniform", "sensitivity", "random") for t in (0.5, 0.7)}
+    expected = {("search", search.target)} | {
+        (m, t) for m in ("uniform", "sensitivity", "random") for t in (0.5, 0.7)
+    }
     assert set(names[1:]) == expected and len(names) == 8
     dense = float(rows[0]["top1_before"])
     for r in rows[1:]:
@@ -163,7 +165,7 @@ def test_rerun_skips_finished_methods_and_resumes_a_fine_tune(dataset, dense_sta
         mp.setattr(amc.compare, "train", counting_train)
         again = Comparison(pruner, scorer, compare_config(), out).run()
     assert calls == [True]  # only the unfinished one, resumed
-    assert "random at flops=0.5: done in an earlier run, skipped" in caplog.text
+    assert "random (3 trials) at flops=0.5: done in an earlier run, skipped" in caplog.text
     assert "continuing the interrupted fine-tune" in caplog.text
     assert [r.top1_after for r in again.results] == [r.top1_after for r in first.results]
 
@@ -178,7 +180,9 @@ def test_refuses_an_out_folder_holding_something_else(dataset, dense_state, tmp_
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     out = tmp_path / "out"
     Comparison(pruner, scorer, compare_config(finetune_epochs=0, baselines=("uniform",)), out).run()
-    with pytest.raises(CompareError, match=r"different comparison \(finetune_epochs: 0 there, 1 here\).*--out"):
+    with pytest.raises(
+        CompareError, match=r"different comparison \(finetune_epochs: 0 there, 1 here\).*--out"
+    ):
         Comparison(pruner, scorer, compare_config(baselines=("uniform",)), out).run()
 
 
@@ -259,8 +263,8 @@ def test_cli_compares_a_search_run_with_baselines_after_finetuning(dense_state, 
     argv += ["--finetune-epochs", "1", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| search (tiny__ddpg__seed0) | 0.50 |" in printed and "| random | 0.50 |" in printed
-    assert json.loads((out / "policies" / "random@0.5.json").read_text())["metrics"]["trials"] == 4
+    assert "| search (tiny__ddpg__seed0) | 0.50 |" in printed and "| random (4 trials) | 0.50 |" in printed
+    assert json.loads((out / "policies" / "random@0.5@4_trials.json").read_text())["metrics"]["trials"] == 4
     for name in ("compare.md", "compare.csv", "accuracy_vs_flops.png", "profiles.png", "comparison.json"):
         assert (out / name).is_file(), name
     with (out / "compare.csv").open() as f:

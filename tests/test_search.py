@@ -433,23 +433,64 @@ def test_target_parsing():
     assert build_parser().parse_args(["search"]).target == ("flops", 0.5)
 
 
+def fake_run(
+    path: Path, agent: str, seed: int, best: float, accuracies: list[float], source="episode"
+) -> Path:
+    """A finished run folder with the files ``amc summarize`` reads."""
+    path.mkdir(parents=True)
+    rows = [
+        {"name": "dense", "top1": 86.0, "flops_ratio": 1.0},
+        {"name": "best", "top1": best, "flops_ratio": 0.49},
+        {"name": "uniform", "top1": 72.0, "flops_ratio": 0.5},
+    ]
+    (path / "summary.json").write_text(json.dumps(rows))
+    (path / "state.json").write_text(json.dumps({"episodes": len(accuracies), "elapsed": 480.0}))
+    (path / "best_policy.json").write_text(json.dumps({"metrics": {"source": source, "episode": 7}}))
+    (path / "config.yaml").write_text(
+        yaml.safe_dump({"env": {"model": "resnet20"}, "agent": agent, "seed": seed})
+    )
+    with (path / "episodes.csv").open("w") as f:
+        f.write("episode,accuracy\n" + "".join(f"{k + 1},{a}\n" for k, a in enumerate(accuracies)))
+    return path
+
+
 def test_summarize_reports_mean_and_std_of_the_gain(tmp_path, capsys):
-    for k, (best, uniform, source) in enumerate([(75.0, 72.0, "episode"), (73.0, 72.0, "uniform")]):
-        run = tmp_path / f"run{k}"
-        run.mkdir()
-        rows = [
-            {"name": "dense", "top1": 86.0, "flops_ratio": 1.0},
-            {"name": "best", "top1": best, "flops_ratio": 0.49},
-            {"name": "uniform", "top1": uniform, "flops_ratio": 0.5},
-        ]
-        (run / "summary.json").write_text(json.dumps(rows))
-        (run / "state.json").write_text(json.dumps({"episodes": 200, "elapsed": 480.0}))
-        (run / "best_policy.json").write_text(json.dumps({"metrics": {"source": source, "episode": 7}}))
-    assert main(["summarize", str(tmp_path / "run0"), str(tmp_path / "run1")]) == 0
+    runs = [
+        fake_run(tmp_path / "run0", "ddpg", 0, 75.0, [50.0, 60.0]),
+        fake_run(tmp_path / "run1", "ddpg", 1, 73.0, [50.0, 60.0], source="uniform"),
+    ]
+    assert main(["summarize", *map(str, runs)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "gain +3.00" in out[0] and "episode 7" in out[0]
-    assert "gain +1.00" in out[1] and "the uniform policy)" in out[1]
+    assert "ddpg, best 75.00 % (episode 7)" in out[0] and "gain +3.00" in out[0]
+    assert "gain +1.00" in out[1] and "(the uniform policy)" in out[1]
     assert out[2] == (
         "2 runs: best 74.00 ± 1.41 %, uniform 72.00 ± 0.00 %, "
         "gain 2.00 ± 1.41 points, 8.00 ± 0.00 min per run"
     )
+    assert len(out) == 3  # one searcher: no side-by-side table
+
+
+def test_summarize_compares_searchers_seed_by_seed_against_random(tmp_path, capsys):
+    runs = [
+        fake_run(tmp_path / "r0", "random", 0, 74.0, [50.0, 55.0, 60.0, 61.0]),
+        fake_run(tmp_path / "r1", "random", 1, 76.0, [52.0, 58.0, 59.0, 62.0]),
+        fake_run(tmp_path / "c0", "cem", 0, 76.5, [50.0, 61.0, 63.0, 64.0]),
+        fake_run(tmp_path / "c1", "cem", 1, 75.5, [50.0, 58.0, 62.0, 66.0]),
+    ]
+    assert main(["summarize", *map(str, runs)]) == 0
+    table = capsys.readouterr().out.splitlines()[5:]
+    assert table[0].startswith("| model | searcher | episodes |")
+    random_row, cem_row = table[2], table[3]
+    assert random_row.startswith("| resnet20 | random | 4 | 74.00 (s0), 76.00 (s1) | 75.00 ± 1.41 |")
+    # cem: +2.5 and -0.5 against random (mean +1.00, 1 win of 2); it reached random's best
+    # search accuracy (61 and 62) at episodes 2 and 3: median 2.5.
+    assert (
+        cem_row == "| resnet20 | cem | 4 | 76.50 (s0), 75.50 (s1) | 76.00 ± 0.71 | +1.00 | 1/2 | 2.5 of 4 |"
+    )
+
+
+def test_summarize_refuses_an_unfinished_run(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("agent: ddpg\n")
+    assert main(["summarize", str(tmp_path / "run")]) == 2
+    assert "not a finished search run: summary.json is missing" in capsys.readouterr().err
