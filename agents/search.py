@@ -57,6 +57,8 @@ class SearchConfig:
         name: Run folder name (default ``<model>__<agent>__seed<k>__<time>``).
         finalists: The best episodes (by reward) re-scored on the selection images at the end;
             the best of them there becomes ``best_policy.json``.
+        agent_init: An ``agent.zip`` of an earlier search (same RL algorithm) whose networks
+            start this one (a warm start); its warm-up then defaults to 0 episodes.
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -68,6 +70,7 @@ class SearchConfig:
     runs_dir: str = "runs"
     name: str = ""
     finalists: int = 10
+    agent_init: str = ""
 
     def run_name(self) -> str:
         """The run folder's name."""
@@ -122,7 +125,10 @@ def _hparams(config: SearchConfig, hp: dict[str, Any]) -> dict[str, Any]:
 def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bool) -> dict:
     env = PruningEnv(config.env)
     rl = config.agent in ALGORITHMS
-    hp = load_preset(config.agent, config.env.model, config.hp) if rl else dict(config.hp)
+    if config.agent_init and not rl:
+        raise ValueError(f"--agent-init warm-starts an RL agent; '{config.agent}' has no networks to start")
+    overrides = {"warmup_episodes": 0, **config.hp} if config.agent_init else config.hp
+    hp = load_preset(config.agent, config.env.model, overrides) if rl else dict(config.hp)
     recorder = EpisodeRecorder(
         run_dir,
         [u.name for u in env.units],
@@ -177,6 +183,8 @@ def _learn(
             noise.load_state(state["noise"])
             agent.action_noise = noise
         agent.num_timesteps = int(state["num_timesteps"])
+    elif config.agent_init:
+        warm_start(agent, config.agent_init)
     agent.set_logger(configure(str(run_dir), ["tensorboard"]))
     remaining = max(0, config.episodes - recorder.episodes)
     callbacks = [imitation_callback(hp), SearchCallback(recorder, noise)]  # imitate, then checkpoint
@@ -231,6 +239,22 @@ def _play_round(vec_env: VecEnv, actions: list[np.ndarray], n_units: int) -> lis
         _, _, dones, infos = vec_env.step(batch[:, t : t + 1])
     assert dones.all(), "all environments end an episode after the same number of units"
     return list(infos)
+
+
+def warm_start(agent: Any, path: str | Path) -> None:
+    """Load the actor and critic weights of an earlier search's ``agent.zip`` into ``agent``.
+
+    Only the networks are read (tensors, ``weights_only``); the replay buffer, noise and
+    counters start fresh.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"agent file {path} does not exist (expected runs/<run>/agent.zip)")
+    try:
+        agent.set_parameters(str(path), exact_match=True, device="cpu")
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(
+            f"cannot warm-start from {path}: {exc}; use an agent.zip of the same --agent"
+        ) from exc
 
 
 def play_actions(env: PruningEnv, actions: np.ndarray) -> dict:

@@ -134,6 +134,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             runs_dir=args.runs_dir,
             name=args.name or "",
             finalists=args.finalists,
+            agent_init=args.agent_init or "",
         )
         result = run_search(config, progress=not args.no_progress)
     best = result["best"]
@@ -368,7 +369,13 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         "--warmup",
         type=int,
         default=None,
-        help="warm-up episodes of random actions (default: the preset's, 100)",
+        help="warm-up episodes of random actions (default: the preset's, 100; 0 with --agent-init)",
+    )
+    p.add_argument(
+        "--agent-init",
+        default=None,
+        metavar="AGENT_ZIP",
+        help="warm-start the RL agent's networks from an earlier search's agent.zip (same --agent)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the agent (default: 0)")
     p.add_argument(
@@ -432,7 +439,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         "A re-run with the same --out skips the methods already done.",
     )
     p.add_argument(
-        "--baselines", default="uniform,sensitivity,random", help="comma-separated baselines (default: all)"
+        "--baselines",
+        default="uniform,sensitivity,random",
+        help="comma-separated baselines among uniform, sensitivity, random (default: all three)",
     )
     p.add_argument(
         "--search",

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
-from amc.agents.factory import AMCPolicy, ScaledAdam
-from amc.agents.search import SearchConfig, resume_search, run_search
+from amc.agents.factory import AMCPolicy, ScaledAdam, load_preset, make_agent
+from amc.agents.search import SearchConfig, resume_search, run_search, warm_start
 from amc.agents.transfer import rollout_policy
 from amc.envs.config import EnvConfig
+from amc.envs.pruning_env import PruningEnv
 from amc.envs.rewards import REWARDS
 from stable_baselines3 import DDPG
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -494,3 +496,37 @@ def test_summarize_refuses_an_unfinished_run(tmp_path, capsys):
     (tmp_path / "run" / "config.yaml").write_text("agent: ddpg\n")
     assert main(["summarize", str(tmp_path / "run")]) == 2
     assert "not a finished search run: summary.json is missing" in capsys.readouterr().err
+
+
+def test_warm_start_from_an_earlier_agent(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    trained = DDPG.load(run_dir / "agent.zip", device="cpu")
+    env = PruningEnv(tiny_env())
+    agent, _ = make_agent("ddpg", env, load_preset("ddpg", overrides={"batch_size": 8}), env.n, seed=5)
+    assert not torch.equal(agent.actor.mu[0].weight, trained.actor.mu[0].weight)
+    warm_start(agent, run_dir / "agent.zip")
+    for name, tensor in trained.policy.state_dict().items():
+        assert torch.equal(agent.policy.state_dict()[name], tensor), name
+    config = tiny_search(tmp_path, "warm", 2, agent_init=str(run_dir / "agent.zip"))
+    del config.hp["warmup_episodes"]  # --agent-init makes the warm-up default 0
+    result = run_search(config, progress=False)
+    assert result["warmup"] == 0 and result["episodes"] == 2
+    state = json.loads((tmp_path / "warm" / "state.json").read_text())
+    assert state["noise"]["sigma"] == pytest.approx(SIGMA * DECAY**2)  # learning from the first episode
+
+
+def test_warm_start_errors(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    with pytest.raises(FileNotFoundError, match=r"agent file .* does not exist"):
+        run_search(tiny_search(tmp_path, "a", 1, agent_init=str(tmp_path / "none.zip")), progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"cannot warm-start .* do not fit this sac agent; use an agent.zip saved by the same --agent",
+    ):
+        run_search(
+            tiny_search(tmp_path, "b", 1, agent="sac", agent_init=str(run_dir / "agent.zip")), progress=False
+        )
+    with pytest.raises(ValueError, match="'cem' has no networks"):
+        run_search(
+            tiny_search(tmp_path, "c", 1, agent="cem", agent_init=str(run_dir / "agent.zip")), progress=False
+        )
