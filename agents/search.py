@@ -252,8 +252,10 @@ def warm_start(agent: Any, path: str | Path) -> None:
     try:
         agent.set_parameters(str(path), exact_match=True, device="cpu")
     except (ValueError, RuntimeError, KeyError) as exc:
+        kind = type(agent).__name__.lower()
         raise ValueError(
-            f"cannot warm-start from {path}: {exc}; use an agent.zip of the same --agent"
+            f"cannot warm-start from {path}: its networks do not fit this {kind} agent; use an agent.zip "
+            "saved by the same --agent and net_arch"
         ) from exc
 
 
