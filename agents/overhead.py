@@ -107,7 +107,7 @@ def episode_overhead(
     with timer:
         _instrument(timer, env, agent)
         dense, _, _ = alternate(
-            lambda: dense_forward(dense_model, images, scorer.config.batch_size), timed_episode, repeats
+            lambda: dense_forward(dense_model, images, scorer.batch_size), timed_episode, repeats
         )
     env.backend.pruner.reset()
     # alternate() ran one untimed round first: drop its episode from the times and parts.

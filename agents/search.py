@@ -28,14 +28,12 @@ from amc.agents.callbacks import EpisodeRecorder, SearchCallback, episode_summar
 from amc.agents.factory import ALGORITHMS, imitation_callback, load_preset, make_agent
 from amc.agents.population import SEARCHERS
 from amc.agents.summary import choice_label
-from amc.agents.transfer import play_episode
+from amc.agents.transfer import play_actions, play_episode
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-
-from amc.baselines import TargetError, uniform_policy
 
 log = logging.getLogger(__name__)
 AGENTS = (*ALGORITHMS, *SEARCHERS)
@@ -259,12 +257,6 @@ def warm_start(agent: Any, path: str | Path) -> None:
         ) from exc
 
 
-def play_actions(env: PruningEnv, actions: np.ndarray) -> dict:
-    """Run one episode with the given per-unit actions; return the last step's ``info``."""
-    steps = iter(np.asarray(actions, dtype=np.float32).reshape(-1, 1))
-    return play_episode(env, lambda obs: next(steps))
-
-
 def _extra_candidates(env: PruningEnv, propose: Proposal) -> list[dict]:
     """The searcher's noise-free proposal, and the uniform policy in channel mode with a budget.
 
@@ -280,15 +272,8 @@ def _extra_candidates(env: PruningEnv, propose: Proposal) -> list[dict]:
                 "sparsities": proposal["sparsities"],
             }
         )
-    config = env.config
-    if env.backend.mode == "channel" and config.target is not None and config.metric != "latency":
-        pruner = env.backend.pruner
-        try:
-            uniform = pruner.sparsities_by_name(
-                uniform_policy(pruner, config.target, config.metric).sparsities
-            )
-        except TargetError:
-            return rows
+    uniform = env.uniform_sparsities()
+    if uniform is not None:
         rows.append(
             {**episode_summary(None, env.evaluate(uniform)), "source": "uniform", "sparsities": uniform}
         )

@@ -21,6 +21,8 @@ from amc.envs.embedding import FEATURES, kind_flags, observation, rest_fractions
 from amc.envs.rewards import get_reward
 from amc.envs.wall import ActionWall
 
+from amc.baselines import TargetError, uniform_policy
+
 
 class PruningEnv(gym.Env):
     """Gymnasium environment of the AMC search (structured or fine-grained).
@@ -77,6 +79,22 @@ class PruningEnv(gym.Env):
     def to_action(self, sparsity: float) -> float:
         """Inverse of :meth:`to_sparsity`."""
         return 2.0 * sparsity / self.config.max_sparsity - 1.0
+
+    def uniform_sparsities(self) -> list[float] | None:
+        """The uniform policy at the budget (one sparsity for every unit, the least that meets it).
+
+        ``None`` where it is not defined: fine-grained mode, no target, a latency budget, or a
+        target the uniform policy cannot meet.
+        """
+        config = self.config
+        if self.backend.mode != "channel" or config.target is None or config.metric == "latency":
+            return None
+        pruner = self.backend.pruner
+        try:
+            policy = uniform_policy(pruner, config.target, config.metric)
+        except TargetError:
+            return None
+        return pruner.sparsities_by_name(policy.sparsities)
 
     def evaluate(self, sparsities: list[float], on: str = "search") -> dict[str, float]:
         """Accuracy, reward and cost ratios (``flops_ratio``, ...) of a full set of sparsities.

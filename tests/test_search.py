@@ -264,13 +264,36 @@ def test_existing_run_folder_is_refused(finished_run, capsys):
 def test_rollout_on_another_model(finished_run):
     run_dir, _ = finished_run
     config = tiny_env(model="plain20", target=0.4)
+    torch.manual_seed(0)  # the untrained model's weights: the blends are chosen by its scores
     policy = rollout_policy(run_dir / "agent.zip", config)
     assert policy.model == "plain20" and policy.mode == "channel"
     assert len(policy.sparsities) == 19
     assert policy.ratios()["flops_ratio"] <= 0.4
     assert all(0.0 <= s <= 0.8 for s in policy.sparsities.values())
     # Deterministic actor: the same rollout again gives the same policy.
+    torch.manual_seed(0)
     assert rollout_policy(run_dir / "agent.zip", config, algo="ddpg").sparsities == policy.sparsities
+
+
+def test_rollout_keeps_the_best_blend_with_uniform_on_the_search_images(finished_run):
+    run_dir, _ = finished_run
+
+    def rollout(**kwargs):
+        torch.manual_seed(0)  # the same untrained model every time
+        return rollout_policy(run_dir / "agent.zip", tiny_env(model="plain20"), **kwargs)
+
+    bare = rollout(blends=())
+    assert bare.metrics["actor_weight"] == 1.0
+    blended = rollout()
+    torch.manual_seed(0)
+    env = PruningEnv(tiny_env(model="plain20"))
+    uniform = env.evaluate(env.uniform_sparsities())
+    assert blended.metrics["accuracy"] >= max(bare.metrics["accuracy"], uniform["accuracy"])
+    assert blended.metrics["actor_weight"] in (1.0, 0.75, 0.5, 0.25, 0.0)
+    only_uniform = rollout(blends=(0.0,))
+    assert only_uniform.metrics["accuracy"] == pytest.approx(
+        max(uniform["accuracy"], bare.metrics["accuracy"])
+    )
 
 
 def test_rollout_errors(finished_run, tmp_path):
