@@ -32,7 +32,10 @@ def parse_target(text: str) -> tuple[str, float | None]:
 
 
 def add_env_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that builds a pruning environment."""
+    """Options shared by every command that builds a pruning environment (defaults: ``EnvConfig``'s)."""
+    from amc.envs.config import EnvConfig
+
+    env = EnvConfig()
     p.add_argument(
         "--target",
         type=parse_target,
@@ -52,9 +55,24 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         help="reward: acc, acc_flops, acc_params, acc_latency (default: acc with a target, "
         "acc_flops without)",
     )
-    p.add_argument("--max-sparsity", type=float, default=0.8, help="largest per-unit sparsity (default: 0.8)")
-    p.add_argument("--round-to", type=int, default=1, help="kept channels are multiples of this (default: 1)")
-    p.add_argument("--criterion", default="l1", choices=["l1", "l2"], help="channel importance (default: l1)")
+    p.add_argument(
+        "--max-sparsity",
+        type=float,
+        default=env.max_sparsity,
+        help="largest per-unit sparsity (default: %(default)s)",
+    )
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=env.round_to,
+        help="kept channels are multiples of this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--criterion",
+        default=env.criterion,
+        choices=["l1", "l2"],
+        help="channel importance (default: %(default)s)",
+    )
     p.add_argument(
         "--no-reconstruct",
         dest="reconstruct",
@@ -70,13 +88,13 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--search-images",
         type=int,
-        default=1000,
+        default=env.search_images,
         help="search-split images scored per episode (default: %(default)s)",
     )
     p.add_argument(
         "--selection-images",
         type=int,
-        default=2000,
+        default=env.selection_images,
         help="other search-split images on which the search re-scores its best episodes before "
         "choosing the final policy; 0 keeps the best episode (default: %(default)s)",
     )

@@ -31,6 +31,7 @@ import yaml
 from torch import nn
 
 from amc.baselines import (
+    SENSITIVITY_LEVELS,
     TargetError,
     cost_ratio_fn,
     random_search_policy,
@@ -65,7 +66,7 @@ class CompareConfig:
         targets: Further budgets at which the baselines are built (accuracy against FLOPs).
         baselines: Baselines to build, among :data:`BASELINES`.
         trials: Random-search trials (give a search's episode count for equal terms).
-        max_sparsity: Largest per-unit sparsity of random search.
+        max_sparsity: Largest per-unit sparsity of random search and sensitivity analysis.
         seed: Seed of random search and of fine-tuning.
         finetune_epochs: Fine-tuning epochs per entry (0: compare without fine-tuning).
         finetune_lr: Peak learning rate of fine-tuning (cosine decay, no warm-up).
@@ -127,7 +128,8 @@ class Entry:
         method: Name in tables and plots: ``search``, a baseline, or a policy file's stem.
         target: Budget the entry was made for.
         policy: The policy when given; baselines are built (or reloaded) when run.
-        label: Tells apart several given policies of one method (a search run's folder name).
+        label: Tells entries of one method apart: a search run's folder name, random search's
+            trial count.
     """
 
     method: str
@@ -308,15 +310,9 @@ class Comparison:
             return entry.policy
         path = self.out / "policies" / f"{entry.key}.json"
         if path.is_file():
-            log.debug(
-                "%s at %s=%g: policy built in an earlier run (%s)",
-                entry.name,
-                self.config.metric,
-                entry.target,
-                path,
-            )
+            self._log(entry, "policy built in an earlier run (%s)", path, level=logging.DEBUG)
             return Policy.load(path)
-        log.info("%s at %s=%g: building the policy", entry.name, self.config.metric, entry.target)
+        self._log(entry, "building the policy")
         policy = self._build(entry.method, entry.target)
         policy.save(path)
         return policy
@@ -326,9 +322,13 @@ class Comparison:
         if method == "uniform":
             return uniform_policy(pruner, target, c.metric, scorer, c.model)
         if method == "sensitivity":
+            # The same cap as the search and random search, so no method may prune deeper.
+            levels = tuple(v for v in SENSITIVITY_LEVELS if v <= c.max_sparsity + 1e-9)
             if self._drops is None:
-                self._drops = sensitivity_drops(pruner, scorer)
-            return sensitivity_policy(pruner, scorer, target, c.metric, model=c.model, drops=self._drops)
+                self._drops = sensitivity_drops(pruner, scorer, levels)
+            return sensitivity_policy(
+                pruner, scorer, target, c.metric, levels=levels, model=c.model, drops=self._drops
+            )
         log.info("random search: %d trials", c.trials)
         return random_search_policy(
             pruner, scorer, target, c.metric, c.trials, c.max_sparsity, c.seed, c.model
@@ -369,13 +369,7 @@ class Comparison:
                     f"{path} holds the result of another {entry.name} policy; "
                     "choose another --out or delete that file"
                 )
-            log.info(
-                "%s at %s=%g: done in an earlier run, skipped (%s)",
-                entry.name,
-                self.config.metric,
-                entry.target,
-                path,
-            )
+            self._log(entry, "done in an earlier run, skipped (%s)", path)
             return done
         result = self._measure(entry, kept, digest)
         write_json_atomic(path, asdict(result))
@@ -384,25 +378,18 @@ class Comparison:
     def _measure(self, entry: Entry, kept: dict[str, int], digest: str) -> Result:
         t0, c = time.time(), self.config
         counts = [kept[u.name] for u in self.pruner.units]
+        ratio = cost_ratio_fn(self.pruner, "flops")(counts), cost_ratio_fn(self.pruner, "params")(counts)
         model = pruned_model(self.pruner, counts, self.scorer)
         before = evaluate(model, self.dataset, "test", device=c.device)["top1"]
-        after = self.finetune(model, entry.key) if c.finetune_epochs else None
-        ratio = cost_ratio_fn(self.pruner, "flops")(counts), cost_ratio_fn(self.pruner, "params")(counts)
+        self._log(entry, "FLOPs %.3f, params %.3f, test top-1 %.2f %% before fine-tuning", *ratio, before)
+        after = None
+        if c.finetune_epochs:
+            after = self.finetune(model, entry.key)
+            self._log(entry, "test top-1 %.2f %% after fine-tuning (%.0f s)", after, time.time() - t0)
         result = Result(
             entry.key, entry.method, entry.label, entry.target, *ratio, before, after, kept, digest
         )
         result.seconds = round(time.time() - t0, 1)
-        tail = f" -> {after:.2f} % after fine-tuning" if after is not None else ""
-        log.info(
-            "%s at %s=%g: FLOPs %.3f, test top-1 %.2f %%%s (%.0f s)",
-            entry.name,
-            c.metric,
-            entry.target,
-            ratio[0],
-            before,
-            tail,
-            result.seconds,
-        )
         return result
 
     def finetune(self, model: nn.Module, key: str) -> float:
@@ -426,6 +413,9 @@ class Comparison:
         manifest = {"model": c.model, "entry": key, "distill": c.distill}
         result = train(model, self.dataset, recipe, out, c.device, resume, manifest, self.teacher())
         return result["test_top1"]
+
+    def _log(self, entry: Entry, message: str, *args: object, level: int = logging.INFO) -> None:
+        log.log(level, "%s at %s=%g: " + message, entry.name, self.config.metric, entry.target, *args)
 
     def teacher(self) -> nn.Module | None:
         """A frozen copy of the dense model when distilling, else ``None``."""

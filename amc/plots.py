@@ -66,6 +66,10 @@ def accuracy_vs_flops(
             label=method,
         )
     ax.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense ({dense:.2f} %)")
+    xs = [x for pts in points.values() for x, _ in pts]
+    if xs:  # at least 0.1 of room around the points: one budget is not a zoom on 0.003 of FLOPs
+        middle, half = (min(xs) + max(xs)) / 2, max(0.05 + (max(xs) - min(xs)) / 2, 0.1)
+        ax.set_xlim(middle - half, middle + half)
     ax.set_xlabel("FLOPs ratio (pruned / dense)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title, fontsize=9)

@@ -63,7 +63,7 @@ class EnvConfig:
     criterion: str = "l1"
     reconstruct: bool = True
     recalibrate: bool = True
-    search_images: int = 2000
+    search_images: int = 1000
     selection_images: int = 2000
     calibration_images: int = 256
     device: str = "cpu"

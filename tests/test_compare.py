@@ -127,7 +127,7 @@ def test_plots_and_tensorboard(finished):
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 200
     profiles = report.profiles()
-    assert set(profiles) == {"uniform", "sensitivity", "random"}  # the main budget only
+    assert set(profiles) == {"uniform", "sensitivity", "random (3 trials)"}  # the main budget only
     assert all(len(v) == len(report.units) and all(0 <= s < 1 for s in v) for v in profiles.values())
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -198,8 +198,13 @@ def test_a_changed_given_policy_is_not_mistaken_for_a_finished_one(dataset, dens
 
 def test_without_finetuning_no_training_split_is_needed(dataset, dense_state, tmp_path):
     pruner, scorer = setup(dataset, dense_state)
-    no_train = Dataset(dataset.name, dataset.classes, {k: dataset.splits[k] for k in ("search", "test")},
-                       dataset.mean, dataset.std)  # fmt: skip
+    no_train = Dataset(
+        dataset.name,
+        dataset.classes,
+        {k: dataset.splits[k] for k in ("search", "test")},
+        dataset.mean,
+        dataset.std,
+    )
     scorer.dataset = no_train
     out = tmp_path / "out"
     with pytest.raises(DatasetError, match="no 'train' split"):
