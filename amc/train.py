@@ -186,8 +186,9 @@ def recalibrate_bn_on(model: nn.Module, images: torch.Tensor, batch_size: int = 
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for x in images.split(batch_size):
-        model(x)
+    with torch.no_grad():  # statistics only: no autograd graph to build and keep
+        for x in images.split(batch_size):
+            model(x)
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
     return model.eval()

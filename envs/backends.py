@@ -7,6 +7,7 @@ small interface, so the environment, the action wall and the agents do not care 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from amc.pruning.channel import ChannelPruner, kept_channels
 from amc.pruning.finegrained import FineGrainedConfig, MagnitudePruner
 from amc.scoring import Scorer
 
+log = logging.getLogger(__name__)
 UNIT_KINDS = ("conv", "depthwise", "residual", "linear")
 
 
@@ -37,13 +39,17 @@ class UnitFeatures:
 
 
 class ChannelBackend:
-    """Structured pruning: per-unit sparsity -> kept channels -> pseudo-pruned network.
+    """Structured pruning: per-unit sparsity -> kept channels -> physically pruned copy.
 
     Args:
         pruner: The analysed model.
-        scorer: Scores the pseudo-pruned model on the search split.
+        scorer: Scores the pruned model on the search split.
         latency: Optional function from kept channels to predicted latency (ms).
         model_name: Recorded in policies.
+
+    Attributes:
+        physical: Score physically pruned copies (:meth:`ChannelPruner.export`); turned off,
+            with a warning, the first time cutting a model fails.
     """
 
     mode = "channel"
@@ -61,6 +67,7 @@ class ChannelBackend:
             for u in pruner.units
         ]
         self.dense = self._absolute([u.channels for u in pruner.units])
+        self.physical = True
 
     def _absolute(self, kept: Sequence[int]) -> dict[str, float]:
         macs, params = self.pruner.cost.cost(kept)
@@ -82,8 +89,29 @@ class ChannelBackend:
         return out
 
     def score(self, sparsities: Sequence[float], on: str = "search") -> float:
-        """Top-1 accuracy (%) of the network pruned to ``sparsities`` on the scorer's ``on`` images."""
-        return self.scorer.evaluate(self.pruner.apply(self.pruner.kept_for(list(sparsities))), on)
+        """Top-1 accuracy (%) of the network pruned to ``sparsities`` on the scorer's ``on`` images.
+
+        The network is scored physically pruned (:meth:`ChannelPruner.export`): its output
+        equals the pseudo-pruned network's, at about the pruned share of the dense cost. If a
+        model cannot be cut that way (e.g. its forward hard-codes a channel count), the
+        warning says so and scoring falls back to pseudo-pruning in place.
+        """
+        kept = self.pruner.kept_for(list(sparsities))
+        model = self._cut(kept) if self.physical else None
+        return self.scorer.evaluate(model if model is not None else self.pruner.apply(kept), on)
+
+    def _cut(self, kept: Sequence[int]) -> nn.Module | None:
+        """The physically pruned network, or ``None`` from now on if cutting fails."""
+        try:
+            model = self.pruner.export(kept)
+            with torch.no_grad():  # one example: a forward that breaks on narrower layers fails here
+                model(torch.zeros(self.pruner.graph.input_shape, device=next(model.parameters()).device))
+            return model
+        except Exception as err:
+            log.warning("scoring pseudo-pruned networks: cutting the channels failed (%s)", err)
+            self.pruner.reset()
+            self.physical = False
+            return None
 
     def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
         """The :class:`Policy` for ``sparsities``."""

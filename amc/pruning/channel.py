@@ -1,12 +1,14 @@
-"""Structured channel pruning: cheap pseudo-pruning for the search, physical removal for export.
+"""Structured channel pruning: pseudo-pruning in place, and physical removal (per episode too).
 
 :class:`ChannelPruner` analyses a model once (units, costs, channel importance, optional
-reconstruction statistics) and then, per episode, *pseudo-prunes* it in place: removed
+reconstruction statistics) and then *pseudo-prunes* it in place as often as needed: removed
 channels are silenced by zeroing their rows (see :func:`amc.pruning.units.zero_channels`)
 and kept consumers are optionally refit by least squares. :meth:`ChannelPruner.reset`
 restores the dense weights by copying a saved state (no deep copy of the module).
 :meth:`ChannelPruner.export` physically removes the same channels with torch-pruning and
-returns a smaller model whose output equals the pseudo-pruned one.
+returns a smaller model whose output equals the pseudo-pruned one; it takes milliseconds,
+so the search environment scores every episode on such a copy, at about its share of the
+dense cost.
 """
 
 from __future__ import annotations
@@ -121,8 +123,8 @@ class ChannelPruner:
             for k, v in self.model.state_dict().items():
                 v.copy_(self._dense[k])
 
-    def apply(self, kept: Sequence[int]) -> nn.Module:
-        """Pseudo-prune the model in place to ``kept`` channels per unit (from the dense weights)."""
+    def _pseudo_prune(self, kept: Sequence[int]) -> list[set[int]]:
+        """Pseudo-prune in place from the dense weights; returns the removed root indices per unit."""
         self.reset()
         removed = self.removed_channels(kept)
         if self.reconstructor is not None:
@@ -130,14 +132,23 @@ class ChannelPruner:
         for u, r in zip(self.units, removed, strict=True):
             if r:
                 zero_channels(self.model, u, r)
+        return removed
+
+    def apply(self, kept: Sequence[int]) -> nn.Module:
+        """Pseudo-prune the model in place to ``kept`` channels per unit (from the dense weights)."""
+        self._pseudo_prune(kept)
         return self.model
 
     def export(self, kept: Sequence[int]) -> nn.Module:
-        """A new, physically smaller model equal in output to ``apply(kept)``; the model is reset."""
-        self.apply(kept)
+        """A new, physically smaller model equal in output to ``apply(kept)``; the model is reset.
+
+        Cheap enough to run per episode (a copy, a trace and index selections): scoring the
+        smaller model costs about its share of the dense FLOPs, where a pseudo-pruned one
+        costs as much as the dense network.
+        """
+        removed = self._pseudo_prune(kept)
         pruned = copy.deepcopy(self.model).eval()
         self.reset()
-        removed = self.removed_channels(kept)
         example = torch.zeros(self.graph.input_shape, device=next(pruned.parameters()).device)
         with torch.enable_grad():  # torch-pruning traces through autograd
             graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
