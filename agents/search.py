@@ -235,7 +235,8 @@ def _play_round(vec_env: VecEnv, actions: list[np.ndarray], n_units: int) -> lis
     batch = np.array(rows, dtype=np.float32)
     for t in range(n_units):
         _, _, dones, infos = vec_env.step(batch[:, t : t + 1])
-    assert dones.all(), "all environments end an episode after the same number of units"
+    if not dones.all():
+        raise RuntimeError("parallel environments must end their episodes together (same unit count)")
     return list(infos)
 
 
