@@ -296,7 +296,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.finetune_epochs:
         from amc.train import TrainConfig, train
 
-        config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, warmup_epochs=0)
+        config = TrainConfig(
+            epochs=args.finetune_epochs, lr=args.finetune_lr, warmup_epochs=0, threads=args.threads
+        )
         teacher = model if args.distill else None  # apply_policy pruned a copy: model is still dense
         teachers = [{"model": args.model, "checkpoint": args.checkpoint}] if teacher else []
         train(

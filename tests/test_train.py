@@ -521,6 +521,7 @@ def test_cli_apply_prunes_fine_tunes_by_distillation_and_keeps_earlier_results(t
     assert len(teachers) == 1 and n_params(teachers[0]) == n_params(dense)  # the dense model teaches
     finetune = json.loads((out / "finetune" / "model.json").read_text())
     assert finetune["train"]["epochs"] == 1 and finetune["policy"] == "resnet20"
+    assert finetune["train"]["threads"] == 1  # --threads holds for the fine-tune too
     assert finetune["teachers"] == [{"model": "resnet20", "checkpoint": str(checkpoint)}]
     pruned = load_pruned(create_model("resnet20", num_classes=3, width=0.25), out / "pruned.pt")
     assert n_params(pruned) < n_params(dense)
