@@ -13,12 +13,17 @@ from amc.loading import resolve_checkpoint
 from amc.models import create_model
 
 
-def _model(name: str, checkpoint: str) -> torch.nn.Module:
+def _checkpoint(name: str, checkpoint: str) -> str | None:
+    """The checkpoint's path, or ``None`` where there is none: timing does not depend on the weights."""
     try:
         path, _ = resolve_checkpoint(name, checkpoint)
-    except ValueError:  # no shipped checkpoint: timing does not depend on the weights
-        path = None
-    return create_model(name, checkpoint=path)
+    except ValueError:
+        return None
+    return None if path is None else str(path)
+
+
+def _model(name: str, checkpoint: str) -> torch.nn.Module:
+    return create_model(name, checkpoint=_checkpoint(name, checkpoint))
 
 
 DEFAULT_REPEATS = {"overhead": 7, "speedup": 60}
@@ -37,15 +42,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         from amc.envs.pruning_env import PruningEnv
 
         for name in args.models:
-            checkpoint = args.checkpoint
-            try:
-                resolve_checkpoint(name, checkpoint)
-            except ValueError:  # no shipped checkpoint: timing does not depend on the weights
-                checkpoint = "none"
             env = PruningEnv(
                 EnvConfig(
                     model=name,
-                    checkpoint=checkpoint,
+                    checkpoint=args.checkpoint if _checkpoint(name, args.checkpoint) else "none",
                     search_images=args.images or EnvConfig.search_images,
                     threads=args.threads,
                 )
