@@ -37,6 +37,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 log = logging.getLogger(__name__)
 AGENTS = (*ALGORITHMS, *SEARCHERS)
+LATENCY_TOLERANCE = 0.05
+"""How far from a latency target the final policy's measured latency may be (a fraction)."""
+LATENCY_CORRECTIONS = 4
+"""Most budget corrections that bring the final policy's measured latency to its target."""
 """Every searcher ``amc search --agent`` takes: the RL agents, then the ask/tell searchers."""
 
 
@@ -281,6 +285,47 @@ def _extra_candidates(env: PruningEnv, propose: Proposal) -> list[dict]:
     return rows
 
 
+def _meet_measured_latency(env: PruningEnv, row: dict) -> dict:
+    """``row``'s policy with its *measured* latency ratio brought within tolerance of the target.
+
+    The search budgets the latency table's prediction, which is a few per cent off the
+    latency of the physically pruned model. This times the pruned model against the dense
+    one and, while the ratio is more than :data:`LATENCY_TOLERANCE` off the target, moves
+    the budget the policy is clamped to (:meth:`PruningEnv.rebudget`) by the measured error
+    and measures again, at most :data:`LATENCY_CORRECTIONS` times. The row records
+    ``measured_latency`` and, when the policy changed, its new scores.
+    """
+    target, budget = env.config.target, env.config.target
+    sparsities = row["sparsities"]
+    measured = env.backend.measured_latency(sparsities)
+    for _ in range(LATENCY_CORRECTIONS):
+        if abs(measured / target - 1) <= LATENCY_TOLERANCE:
+            break
+        budget *= target / measured
+        sparsities = env.rebudget(sparsities, budget)
+        measured = env.backend.measured_latency(sparsities)
+    if abs(measured / target - 1) > LATENCY_TOLERANCE:
+        log.warning(
+            "measured latency %.3f is more than %.0f %% off the target %.2f",
+            measured,
+            100 * LATENCY_TOLERANCE,
+            target,
+        )
+    if sparsities == row["sparsities"]:
+        return {**row, "measured_latency": measured}
+    log.info("latency budget moved to %.3f of the table's prediction: measured %.3f", budget, measured)
+    selection = env.evaluate(sparsities, on="selection")
+    return {
+        **row,
+        **env.evaluate(sparsities),
+        "selection_accuracy": selection["accuracy"],
+        "selection_reward": selection["reward"],
+        "sparsities": sparsities,
+        "measured_latency": measured,
+        "latency_budget": budget,
+    }
+
+
 def select_final(env: PruningEnv, recorder: EpisodeRecorder, propose: Proposal) -> dict:
     """Re-score the finalists on the selection images; the best there becomes ``best_policy.json``.
 
@@ -289,8 +334,9 @@ def select_final(env: PruningEnv, recorder: EpisodeRecorder, propose: Proposal) 
     images that no episode was scored on removes that bias from the choice. The finalists are
     the best episodes by reward, the searcher's noise-free proposal (the RL agent's actor,
     the CEM mean) and the uniform policy (so a search never hands back a policy that does
-    worse than uniform there). The ranking goes to ``finalists.json``; TensorBoard gets
-    ``final/*`` scalars and the chosen policy.
+    worse than uniform there). Under a latency budget the winner's measured latency is then
+    brought within tolerance of the target (:func:`_meet_measured_latency`). The ranking goes to
+    ``finalists.json``; TensorBoard gets ``final/*`` scalars and the chosen policy.
     """
     rows = []
     for candidate in recorder.candidates + _extra_candidates(env, propose):
@@ -303,10 +349,21 @@ def select_final(env: PruningEnv, recorder: EpisodeRecorder, propose: Proposal) 
             }
         )
     rows.sort(key=lambda r: -r["selection_reward"])  # stable: ties keep the episodes' order
+    if env.config.metric == "latency" and env.config.target is not None:
+        rows[0] = _meet_measured_latency(env, rows[0])
     run_dir = recorder.run_dir
     write_atomic(run_dir / "finalists.json", json.dumps(rows, indent=1))
     final = {k: v for k, v in rows[0].items() if k != "sparsities"}
-    metrics = {k: final[k] for k in ("accuracy", "reward", "selection_accuracy", "source", "episode")}
+    keys = (
+        "accuracy",
+        "reward",
+        "selection_accuracy",
+        "source",
+        "episode",
+        "measured_latency",
+        "latency_budget",
+    )
+    metrics = {k: final[k] for k in keys if k in final}
     policy = env.backend.policy(rows[0]["sparsities"], **metrics)
     step = recorder.episodes
     for key in ("selection_accuracy", "accuracy"):

@@ -171,6 +171,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(
         f"best policy: {choice_label(best)}, search accuracy {best.get('accuracy', 0):.2f} %"
         f"{selection}, FLOPs {best.get('flops_ratio', 0):.3f}, params {best.get('params_ratio', 0):.3f}"
+        + (f", latency {best['measured_latency']:.3f} (measured)" if "measured_latency" in best else "")
     )
     if not args.no_summary:
         print(summary(result["env"], Path(result["run_dir"])))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from amc.cost import measured_pair
 from amc.policy import Policy
 from amc.pruning.channel import ChannelPruner, kept_channels
 from amc.pruning.finegrained import FineGrainedConfig, MagnitudePruner
@@ -112,6 +113,18 @@ class ChannelBackend:
             self.pruner.reset()
             self.physical = False
             return None
+
+    def measured_latency(self, sparsities: Sequence[float]) -> float:
+        """Measured latency of the physically pruned network over the dense one's.
+
+        Both are timed whole, in alternating blocks, on the example input's shape and the
+        current thread setting: the figure a user deploying the model sees, where
+        ``costs()["latency"]`` is the latency table's prediction.
+        """
+        pruned = self.pruner.export(self.pruner.kept_for(list(sparsities)))
+        device = next(pruned.parameters()).device
+        dense_ms, pruned_ms = measured_pair(self.pruner.model, pruned, self.pruner.graph.input_shape, device)
+        return pruned_ms / dense_ms
 
     def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
         """The :class:`Policy` for ``sparsities``."""

@@ -115,14 +115,24 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
 
 
 def latency_function(pruner: ChannelPruner, config: EnvConfig, shape: tuple[int, ...]):
-    """Predicted latency (ms) as a function of kept channels, from a cached per-layer table."""
+    """Predicted whole-model latency (ms) as a function of kept channels.
+
+    From a cached per-layer table, calibrated once against the dense model and copies with
+    a quarter, half and three quarters of every unit's channels removed
+    (:meth:`amc.cost.LatencyTable.calibrate`).
+    """
     from amc.cost import LatencyTable
 
-    table = LatencyTable.cached(pruner.model, config.model, shape, max(config.round_to, 8), config.device)
+    def uniform_copies() -> list[torch.nn.Module]:
+        return [pruner.export(pruner.kept_for([s] * len(pruner.units))) for s in (0.25, 0.5, 0.75)]
+
+    table = LatencyTable.cached(
+        pruner.model, config.model, shape, max(config.round_to, 8), config.device, pruned=uniform_copies
+    )
     layers = set(table.layers)
 
     def predict(kept) -> float:
         widths = pruner.cost.layer_widths(kept)
-        return table.predict({k: v for k, v in widths.items() if k in layers})
+        return table.model_ms({k: v for k, v in widths.items() if k in layers})
 
     return predict

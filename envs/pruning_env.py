@@ -96,6 +96,20 @@ class PruningEnv(gym.Env):
             return None
         return pruner.sparsities_by_name(policy.sparsities)
 
+    def rebudget(self, sparsities: list[float], target: float) -> list[float]:
+        """``sparsities`` clamped unit by unit by an action wall at another ``target`` ratio.
+
+        The same walk as an episode's, so the result meets ``target`` of the budgeted metric
+        exactly and moves each unit only as far as the new budget needs.
+        """
+        if self.wall is None:
+            raise ValueError("rebudget needs an environment with a target")
+        wall = ActionWall(self.wall.cost, self.n, target, self.config.max_sparsity)
+        decided: list[float] = []
+        for sparsity in sparsities:
+            decided.append(wall.clamp(decided, sparsity))
+        return decided
+
     def evaluate(self, sparsities: list[float], on: str = "search") -> dict[str, float]:
         """Accuracy, reward and cost ratios (``flops_ratio``, ...) of a full set of sparsities.
 

@@ -204,3 +204,42 @@ def test_cache_key_and_reuse(tmp_path, monkeypatch):
     path.write_text("garbage")
     with pytest.raises(ValueError, match="delete it"):
         LatencyTable.cached(model, "tiny", (1, 3, 16, 16), 8, "cpu", tmp_path)
+
+
+def _narrow(first: int, second: int) -> nn.Module:
+    """``_tiny`` with fewer channels, module names unchanged (a physically pruned copy)."""
+    return nn.Sequential(
+        nn.Conv2d(3, first, 3, padding=1, bias=False),
+        nn.BatchNorm2d(first),
+        nn.ReLU(),
+        nn.Conv2d(first, second, 3, stride=2, padding=1),
+        nn.ReLU(),
+    ).eval()
+
+
+def test_calibration_fits_whole_model_latency_and_is_cached(tmp_path, monkeypatch):
+    dense, copies = _tiny(), [_narrow(16, 12), _narrow(8, 8)]
+    table = LatencyTable.build(dense, (1, 3, 16, 16), round_to=4, **FAST)
+
+    def measured(a, b, *args, **kwargs):  # whole models at 1.5 x the table plus 0.2 ms of other work
+        return tuple(1.5 * table.predict(layer_widths(m, table.layers)) + 0.2 for m in (a, b))
+
+    monkeypatch.setattr("amc.cost.latency.measured_pair", measured)
+    assert table.model_ms() == table.predict()  # uncalibrated: the bare sum
+    table.calibrate(dense, copies, (1, 3, 16, 16))
+    assert table.calibration == pytest.approx((1.5, 0.2))
+    kept = layer_widths(copies[0], table.layers)
+    assert table.model_ms(kept) == pytest.approx(1.5 * table.predict(kept) + 0.2)
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").calibration == pytest.approx((1.5, 0.2))
+    with pytest.raises(ValueError, match="narrower"):
+        table.calibrate(dense, [_tiny()])
+
+    built = []
+    cached = LatencyTable.cached(
+        dense, "tiny", (1, 3, 16, 16), 4, "cpu", tmp_path, pruned=lambda: built.append(1) or copies, **FAST
+    )
+    again = LatencyTable.cached(
+        dense, "tiny", (1, 3, 16, 16), 4, "cpu", tmp_path, pruned=lambda: built.append(1) or copies
+    )
+    assert built == [1] and again.calibration == cached.calibration is not None

@@ -425,3 +425,16 @@ def test_terminal_info(backend):
     assert policy.ratios()["params_ratio"] == pytest.approx(final["params_ratio"])
     assert policy.metrics["accuracy"] == final["accuracy"]
     assert policy.metrics["reward"] == final["reward"]
+
+
+def test_rebudget_meets_another_target_moving_units_no_further_than_needed(dataset):
+    env = PruningEnv(backend=channel_backend(dataset, latency=fake_latency), metric="latency", target=0.6)
+    env.action_space.seed(3)
+    _, _, infos = run_episode(env)
+    sparsities = infos[-1]["sparsities"]
+    assert env.rebudget(sparsities, 0.6) == sparsities  # already within its own budget
+    for target in (0.5, 0.7):
+        moved = env.rebudget(sparsities, target)
+        assert env.backend.costs(moved)["latency"] <= target + 1e-12
+        if target < 0.6:
+            assert all(m >= s for m, s in zip(moved, sparsities, strict=True))

@@ -17,7 +17,14 @@ import pytest
 import torch
 import yaml
 from amc.agents.factory import AMCPolicy, ScaledAdam, load_preset, make_agent
-from amc.agents.search import SearchConfig, resume_search, run_search, warm_start
+from amc.agents.search import (
+    LATENCY_TOLERANCE,
+    SearchConfig,
+    _meet_measured_latency,
+    resume_search,
+    run_search,
+    warm_start,
+)
 from amc.agents.transfer import rollout_policy
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
@@ -182,6 +189,33 @@ def test_without_selection_images_the_best_episode_is_final(tmp_path):
     top = {k: v for k, v in state["candidates"][0].items() if k not in ("sparsities", "source")}
     assert result["best"] == state["best"] == top
     assert Policy.load(run_dir / "best_policy.json").metrics["episode"] == top["episode"]
+
+
+def test_latency_budget_is_corrected_by_the_measured_latency(monkeypatch):
+    """The final policy's *measured* latency ends within tolerance of the target.
+
+    The stand-in machine runs 12 % slower (relative to dense) than the table predicts, so the
+    policy that meets the predicted budget misses the measured one until it is re-budgeted.
+    """
+
+    def table(pruner, config, shape):
+        return lambda kept: 0.01 * float(sum(kept)) + 0.5
+
+    monkeypatch.setattr("amc.envs.config.latency_function", table)
+    env = PruningEnv(tiny_env(metric="latency", target=0.6, selection_images=64))
+    monkeypatch.setattr(env.backend, "measured_latency", lambda s: 1.12 * env.backend.costs(s)["latency"])
+    env.action_space.seed(0)
+    env.reset()
+    for _ in range(env.n):
+        *_, info = env.step(env.action_space.sample())
+    row = {"source": "episode", "episode": 1, "sparsities": info["sparsities"]}
+    fixed = _meet_measured_latency(env, row)
+    assert abs(fixed["measured_latency"] / 0.6 - 1) <= LATENCY_TOLERANCE
+    assert fixed["latency_budget"] < 0.6 and fixed["sparsities"] != row["sparsities"]
+    assert fixed["latency_ratio"] <= fixed["latency_budget"] + 1e-12
+    assert {"accuracy", "selection_accuracy", "reward"} <= set(fixed)
+    monkeypatch.setattr(env.backend, "measured_latency", lambda s: env.backend.costs(s)["latency"])
+    assert _meet_measured_latency(env, row) == {**row, "measured_latency": info["latency_ratio"]}
 
 
 def test_agent_zip_loads_with_ddpg(finished_run):

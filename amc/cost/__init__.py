@@ -19,6 +19,7 @@ from amc.cost.latency import (
     device_key,
     layer_widths,
     measure_latency,
+    measured_pair,
     predicted_vs_measured,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "layer_costs",
     "layer_widths",
     "measure_latency",
+    "measured_pair",
     "predicted_vs_measured",
     "total_macs",
     "total_params",

@@ -33,7 +33,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +59,7 @@ __all__ = [
     "device_key",
     "layer_widths",
     "measure_latency",
+    "measured_pair",
     "predicted_vs_measured",
 ]
 
@@ -137,6 +138,26 @@ def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
         times.append((time.perf_counter() - start) * 1e3)
     p10, median, p90 = np.percentile(times, [10, 50, 90])
     return LatencyStats(float(median), float(p10), float(p90), repeats)
+
+
+def measured_pair(
+    dense: nn.Module,
+    pruned: nn.Module,
+    input_size: InputSize = (1, 3, 32, 32),
+    device: str | torch.device = "cpu",
+    blocks: int = 9,
+    repeats: int = 20,
+) -> tuple[float, float]:
+    """Median latencies (ms) of ``dense`` and ``pruned``, measured in alternating blocks.
+
+    Alternating spreads drifts in machine load over both models alike, so their ratio is
+    steadier than that of two separate measurements.
+    """
+    dense_ms, pruned_ms = [], []
+    for _ in range(blocks):
+        dense_ms.append(measure_latency(dense, input_size, device, warmup=3, repeats=repeats).median_ms)
+        pruned_ms.append(measure_latency(pruned, input_size, device, warmup=3, repeats=repeats).median_ms)
+    return float(np.median(dense_ms)), float(np.median(pruned_ms))
 
 
 def measure_latency(
@@ -422,10 +443,13 @@ class LatencyTable:
     Attributes:
         key: What the table was measured for (:func:`cache_key`); cache reuse requires equality.
         layers: Measured layers by qualified name, in execution order.
+        calibration: ``(scale, offset)`` mapping the summed layer times to whole-model
+            latency (:meth:`calibrate`); ``None`` until calibrated.
     """
 
     key: dict[str, Any]
     layers: dict[str, LayerLatency]
+    calibration: tuple[float, float] | None = None
 
     @classmethod
     def build(
@@ -488,11 +512,51 @@ class LatencyTable:
             total += layer.predict(*kept.get(name, (layer.in_channels, layer.out_channels)))
         return total
 
+    def calibrate(
+        self,
+        dense: nn.Module,
+        pruned: Sequence[nn.Module],
+        input_size: InputSize = (1, 3, 32, 32),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        """Fit ``measured ~= scale * predicted + offset`` on the dense model and pruned copies.
+
+        The table sums isolated Conv2d/Linear times; the whole model also spends time in
+        BatchNorm, activations, additions and Python dispatch, part of it fixed per layer and
+        part shrinking with the channels. Whole-model measurements of the dense model and a
+        few physically pruned copies (each timed in alternating blocks with the dense one)
+        fix both parts by least squares, so :meth:`model_ms` predicts the latency a user
+        measures, not only the convolutions'.
+
+        Raises:
+            ValueError: No pruned copy is narrower than the dense model.
+        """
+        dense_predicted = self.predict(layer_widths(dense, self.layers))
+        predicted, measured = [], []
+        for model in pruned:
+            dense_ms, pruned_ms = measured_pair(dense, model, input_size, device)
+            predicted += [dense_predicted, self.predict(layer_widths(model, self.layers))]
+            measured += [dense_ms, pruned_ms]
+        if len(set(predicted)) < 2:
+            raise ValueError("calibration needs a pruned copy narrower than the dense model")
+        scale, offset = np.polyfit(predicted, measured, 1)
+        self.calibration = (float(scale), float(offset))
+        log.info(
+            "latency calibration on %d models: scale %.3f, offset %.3f ms", len(pruned) + 1, scale, offset
+        )
+
+    def model_ms(self, kept: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """Predicted whole-model latency in ms: :meth:`predict` through the calibration, if any."""
+        scale, offset = self.calibration or (1.0, 0.0)
+        return scale * self.predict(kept) + offset
+
     def save(self, path: str | Path) -> None:
         """Write the table as JSON (atomically, through a temporary file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"key": self.key, "layers": [_layer_to_json(layer) for layer in self.layers.values()]}
+        if self.calibration is not None:
+            data["calibration"] = list(self.calibration)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
@@ -509,12 +573,14 @@ class LatencyTable:
             data = json.loads(path.read_text())
             layers = [_layer_from_json(row) for row in data["layers"]]
             key = dict(data["key"])
+            calibration = data.get("calibration")
+            calibration = None if calibration is None else (float(calibration[0]), float(calibration[1]))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(
                 f"latency table {path} is corrupt ({type(exc).__name__}: {exc}); "
                 "delete it and it will be measured again"
             ) from exc
-        return cls(key, {layer.name: layer for layer in layers})
+        return cls(key, {layer.name: layer for layer in layers}, calibration)
 
     @classmethod
     def cached(
@@ -527,6 +593,7 @@ class LatencyTable:
         cache_dir: str | Path | None = None,
         repeats: int = 20,
         warmup: int = 5,
+        pruned: Callable[[], Sequence[nn.Module]] | None = None,
     ) -> LatencyTable:
         """The table from the cache when its key matches, else a fresh measurement saved there.
 
@@ -539,6 +606,8 @@ class LatencyTable:
             cache_dir: Folder of cached tables; ``None`` uses :func:`default_cache_dir`.
             repeats: Timed calls per grid point when measuring.
             warmup: Untimed calls per grid point when measuring.
+            pruned: Builds physically pruned copies of ``model``; given, an uncalibrated
+                table is calibrated against them (:meth:`calibrate`) and saved again.
 
         Returns:
             The table.
@@ -548,15 +617,18 @@ class LatencyTable:
         """
         key = cache_key(model, model_name, input_size, round_to, device)
         path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), key)
-        if path.is_file():
-            table = cls.load(path)
-            if table.key == key:
-                log.info("latency table from %s", path)
-                return table
-            log.info("latency table %s was measured for another setup; measuring again", path)
-        table = cls.build(model, input_size, round_to, device, repeats, warmup, model_name=model_name)
-        table.save(path)
-        log.info("latency table saved to %s", path)
+        table = cls.load(path) if path.is_file() else None
+        if table is not None and table.key == key:
+            log.info("latency table from %s", path)
+        else:
+            if table is not None:
+                log.info("latency table %s was measured for another setup; measuring again", path)
+            table = cls.build(model, input_size, round_to, device, repeats, warmup, model_name=model_name)
+            table.save(path)
+            log.info("latency table saved to %s", path)
+        if pruned is not None and table.calibration is None:
+            table.calibrate(model, pruned(), input_size, device)
+            table.save(path)
         return table
 
 
