@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
 
+from amc.files import atomic_path
+
 
 class EpisodeRewardReplayBuffer(ReplayBuffer):
     """Replay buffer giving each transition its episode's baseline-subtracted final reward.
@@ -94,7 +96,7 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
     _ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
     def save_npz(self, path: str | Path) -> None:
-        """Write the stored transitions and the baseline to ``path`` (``.npz``)."""
+        """Write the stored transitions and the baseline to ``path`` (``.npz``), atomically."""
         arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k, None) is not None}
         meta = np.array(
             [self.pos, int(self.full), self.episodes, np.nan if self.baseline is None else self.baseline]
@@ -103,9 +105,8 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
             arrays["elite_rewards"] = np.array([r for r, _, _ in self.elites])
             arrays["elite_obs"] = np.stack([o for _, o, _ in self.elites])
             arrays["elite_actions"] = np.stack([a for _, _, a in self.elites])
-        tmp = Path(path).with_suffix(".tmp.npz")
-        np.savez(tmp, meta=meta, **arrays)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, meta=meta, **arrays)
 
     def load_npz(self, path: str | Path) -> None:
         """Restore what :meth:`save_npz` wrote (episodes in progress are not kept)."""

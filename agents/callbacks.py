@@ -7,20 +7,22 @@ into a stable-baselines3 agent's ``learn()`` loop and checkpoints the agent with
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from amc.agents.agent_file import AGENT_FILE, SPEC_FILE, AgentSpec, save_agent
 from amc.agents.tensorboard import policy_bar_chart, policy_heatmap, policy_table
 from stable_baselines3.common.callbacks import BaseCallback
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from amc.files import append_text, commit, temp_path, write_atomic
 from amc.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -39,23 +41,14 @@ def episode_summary(ep: int | None, info: dict) -> dict:
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 class EpisodeRecorder:
     """Record every finished episode of a search and checkpoint it.
 
-    Files in ``run_dir``: ``episodes.csv`` (appended per episode), ``best_policy.json``,
-    ``state.json`` (the checkpoint's index, written last and atomically, after the searcher's
-    own files), TensorBoard events (per-episode scalars, the best policy as a chart and a
-    table, and a heatmap of every unit's sparsity over the episodes).
+    Files in ``run_dir``: ``episodes.csv`` (appended per episode), TensorBoard events
+    (per-episode scalars, the best policy as a chart and a table, and a heatmap of every
+    unit's sparsity over the episodes), and the checkpoint: ``state.json`` with
+    ``best_policy.json`` and the searcher's own files, replaced together
+    (:func:`amc.files.commit`), so they always describe the same episode.
 
     Args:
         run_dir: The run folder.
@@ -90,6 +83,7 @@ class EpisodeRecorder:
         self.hparams = hparams or {}
         self.writer: SummaryWriter | None = None
         self.bar: tqdm | None = None
+        self.pending_best: Policy | None = None
 
     def start(self) -> None:
         """Open the TensorBoard writer and the progress bar."""
@@ -140,22 +134,20 @@ class EpisodeRecorder:
 
     def _append_csv(self, ep: int, info: dict) -> None:
         path = self.run_dir / "episodes.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["episode", "reward", "accuracy", *RATIOS, *self.unit_names])
-            writer.writerow(
-                [
-                    ep,
-                    f"{info['reward']:.6f}",
-                    f"{info['accuracy']:.4f}",
-                    *(f"{info[k]:.6f}" if k in info else "" for k in RATIOS),
-                    *(f"{s:.6f}" for s in info["sparsities"]),
-                ]
-            )
-            f.flush()
-            os.fsync(f.fileno())
+        text = io.StringIO()
+        writer = csv.writer(text)
+        if not path.exists() or path.stat().st_size == 0:
+            writer.writerow(["episode", "reward", "accuracy", *RATIOS, *self.unit_names])
+        writer.writerow(
+            [
+                ep,
+                f"{info['reward']:.6f}",
+                f"{info['accuracy']:.4f}",
+                *(f"{info[k]:.6f}" if k in info else "" for k in RATIOS),
+                *(f"{s:.6f}" for s in info["sparsities"]),
+            ]
+        )
+        append_text(path, text.getvalue())
 
     def sparsity_history(self) -> np.ndarray:
         """Every recorded episode's per-unit sparsities (episodes x units), from ``episodes.csv``."""
@@ -187,11 +179,15 @@ class EpisodeRecorder:
         self.best = episode_summary(ep, info)
         policy = Policy(**json.loads(info["policy_json"]))
         policy.metrics.update(episode=ep)
-        self.show_best(policy, ep, f"episode {ep}: accuracy {info['accuracy']:.2f} %")
+        self.pending_best = policy  # saved with the checkpoint that records this episode
+        self._draw_best(policy, ep, f"episode {ep}: accuracy {info['accuracy']:.2f} %")
 
     def show_best(self, policy: Policy, step: int, title: str) -> None:
         """Save ``policy`` as ``best_policy.json`` and draw it (bar chart and table) in TensorBoard."""
         policy.save(self.run_dir / "best_policy.json")
+        self._draw_best(policy, step, title)
+
+    def _draw_best(self, policy: Policy, step: int, title: str) -> None:
         title += f", FLOPs {policy.ratios().get('flops_ratio', 0):.3f}"
         self.writer.add_image(
             "best/policy", policy_bar_chart(policy.sparsities, title), step, dataformats="HWC"
@@ -201,14 +197,18 @@ class EpisodeRecorder:
     def checkpoint(self, save_files: Callable[[Path], list[str]], extra_state: dict[str, Any]) -> None:
         """Save the searcher and the run's state, if an episode finished since the last save.
 
-        ``save_files(run_dir)`` writes the searcher's files under temporary names and returns
-        their final names; each ``x.ext`` is written as ``x.tmp.ext``. They are renamed in a row
-        and ``state.json`` last, atomically: it vouches for the others.
+        ``save_files(run_dir)`` writes the searcher's files under their staged names
+        (:func:`amc.files.temp_path`) and returns their final names. They, a new best policy
+        and ``state.json`` are then replaced together (:func:`amc.files.commit`): after a kill,
+        all of them describe the same episode.
         """
         if self.episodes == self.saved_episodes:
             return
         run = self.run_dir
         names = save_files(run)
+        if self.pending_best is not None:
+            self.pending_best.save(temp_path(run / "best_policy.json"))
+            names.append("best_policy.json")
         state = {
             "episodes": self.episodes,
             "best": self.best,
@@ -216,10 +216,10 @@ class EpisodeRecorder:
             "elapsed": self.elapsed + time.time() - self.t0,
             **extra_state,
         }
-        for name in names:
-            (run / name.replace(".", ".tmp.", 1)).replace(run / name)
-        write_atomic(run / "state.json", json.dumps(state, indent=1))
+        write_atomic(temp_path(run / "state.json"), json.dumps(state, indent=1))
+        commit(run, [*names, "state.json"])
         self.saved_episodes = self.episodes
+        self.pending_best = None
         if self.writer is not None:
             self.writer.flush()
 
@@ -240,17 +240,18 @@ class SearchCallback(BaseCallback):
     """Plug an :class:`EpisodeRecorder` into a stable-baselines3 agent's training loop.
 
     After every episode (once it is in the replay buffer) the agent is checkpointed:
-    ``agent.zip`` and ``buffer.npz`` beside the recorder's ``state.json``, which also holds the
-    exploration noise's state.
+    ``agent.pt`` with ``agent.json`` (:mod:`amc.agents.agent_file`) and ``buffer.npz`` beside
+    the recorder's ``state.json``, which also holds the exploration noise's state.
 
     Args:
         recorder: Records the episodes.
+        spec: How to rebuild the agent (written as ``agent.json``).
         noise: The agent's exploration noise (its state is checkpointed), if any.
     """
 
-    def __init__(self, recorder: EpisodeRecorder, noise: Any = None):
+    def __init__(self, recorder: EpisodeRecorder, spec: AgentSpec, noise: Any = None):
         super().__init__()
-        self.recorder, self.noise = recorder, noise
+        self.recorder, self.spec, self.noise = recorder, spec, noise
         self.noise_state = noise.state() if noise is not None else None
 
     def _on_training_start(self) -> None:
@@ -268,14 +269,15 @@ class SearchCallback(BaseCallback):
         return True
 
     def _save_agent(self, run: Path) -> list[str]:
-        self.model.save(run / "agent.tmp.zip")
-        self.model.replay_buffer.save_npz(run / "buffer.tmp.npz")
-        return ["agent.zip", "buffer.npz"]
+        save_agent(self.model, self.spec, temp_path(run / AGENT_FILE))
+        self.model.replay_buffer.save_npz(temp_path(run / "buffer.npz"))
+        return [AGENT_FILE, SPEC_FILE, "buffer.npz"]
 
     def checkpoint(self) -> None:
         """Save agent, replay buffer and state (see :meth:`EpisodeRecorder.checkpoint`)."""
         extra = {
             "num_timesteps": self.model.num_timesteps,
+            "n_updates": self.model._n_updates,
             "noise": self.noise.state() if self.noise is not None else None,
         }
         self.recorder.checkpoint(self._save_agent, extra)

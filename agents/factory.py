@@ -8,6 +8,7 @@ rate, so :class:`AMCPolicy` gives the critic an optimiser whose steps are scaled
 
 from __future__ import annotations
 
+import inspect
 from importlib import resources
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 from amc.agents.buffer import EpisodeRewardReplayBuffer
 from amc.agents.elite import EliteImitation
 from amc.agents.noise import DecayingTruncatedNormalNoise
+from amc.agents.population import SEARCHERS
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.td3.policies import TD3Policy
@@ -34,6 +36,24 @@ AMC_KEYS = (
     "imitation_steps",
     "imitation_lr",
 )
+_AMC_DEFAULTS: dict[str, Any] = {
+    "warmup_episodes": 100,
+    "noise_sigma": 0.5,
+    "noise_decay": 0.99,
+    "baseline_alpha": 0.5,
+    "buffer_transitions": 2000,
+    "net_arch": [300, 300],
+    "learning_rate_actor": 1e-4,
+    "learning_rate_critic": 1e-3,
+    "elite_episodes": 0,
+    "imitation_steps": 0,
+    "imitation_lr": 1e-3,
+}
+"""The AMC keys' defaults in :func:`make_agent`; their types are what ``--hp`` must give."""
+_SET_BY_AMC = ("self", "policy", "env", "action_noise", "replay_buffer_class", "replay_buffer_kwargs")
+_SET_BY_AMC += ("policy_kwargs", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model")
+_FREE = ("train_freq", "ent_coef", "target_entropy")
+"""Settings whose values take several forms (a number, a list or a word): not type-checked."""
 
 
 class ScaledAdam(torch.optim.Adam):
@@ -97,6 +117,48 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 pass
         out[key.strip()] = parsed
     return out
+
+
+def _settings(agent: str) -> dict[str, Any]:
+    """The settings ``--hp`` may override for ``agent``, with their defaults."""
+    if agent in SEARCHERS:
+        return dict(SEARCHERS[agent].defaults)
+    if agent not in ALGORITHMS:
+        raise ValueError(f"unknown agent '{agent}'; known agents: {', '.join([*ALGORITHMS, *SEARCHERS])}")
+    params = inspect.signature(ALGORITHMS[agent].__init__).parameters
+    return {**{k: p.default for k, p in params.items() if k not in _SET_BY_AMC}, **_AMC_DEFAULTS}
+
+
+def _expected(default: Any, value: Any) -> str:
+    """What ``value`` should be, given the setting's default; empty when it fits."""
+    if isinstance(default, bool):
+        return "" if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if isinstance(default, float):
+        return "" if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return "" if ok else "a list of whole numbers, e.g. [300,300]"
+    return ""
+
+
+def check_hp(agent: str, hp: dict[str, Any]) -> None:
+    """Refuse ``--hp`` overrides that ``agent`` does not have or whose values have the wrong type.
+
+    Called before a run folder is made, so a typo costs nothing but the message.
+
+    Raises:
+        ValueError: Names the key, the value and what it should be.
+    """
+    settings = _settings(agent)
+    for key, value in hp.items():
+        if key not in settings:
+            known = ", ".join(sorted(settings)) or "none"
+            raise ValueError(f"--hp {key}: '{agent}' has no setting '{key}'; its settings: {known}")
+        expected = "" if key in _FREE else _expected(settings[key], value)
+        if expected:
+            raise ValueError(f"--hp {key}={value!r}: {key} must be {expected}")
 
 
 def make_agent(

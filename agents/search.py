@@ -5,17 +5,17 @@ searchers of :mod:`amc.agents.population` (``random``, ``cem``). All of them run
 environment with the same episode budget, are recorded the same way and end with the same
 final selection. A run folder ``runs/<model>__<agent>__seed<k>__<time>/`` holds
 ``config.yaml`` (resolved settings), ``command.txt``, TensorBoard events, ``episodes.csv``,
-``best_policy.json``, ``agent.zip`` (RL agents, stable-baselines3 format) and the checkpoint
-(``state.json``, with ``buffer.npz`` for RL agents). ``resume_search(run_dir)`` continues a
-killed run from its last episode.
+``best_policy.json``, ``agent.pt`` with ``agent.json`` (RL agents: tensors and settings, see
+:mod:`amc.agents.agent_file`) and the checkpoint (``state.json``, with ``buffer.npz`` for RL
+agents). ``resume_search(run_dir)`` continues a killed run from its last episode. One process
+at a time writes a run folder (:class:`amc.files.RunLock`).
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,9 +24,19 @@ from typing import Any
 
 import numpy as np
 import yaml
-from amc.agents.callbacks import EpisodeRecorder, SearchCallback, episode_summary, write_atomic
-from amc.agents.factory import ALGORITHMS, imitation_callback, load_preset, make_agent
+from amc.agents.agent_file import (
+    AGENT_FILE,
+    AgentFileError,
+    AgentSpec,
+    read_agent,
+    restore,
+    restore_checkpoint,
+    save_agent,
+)
+from amc.agents.callbacks import EpisodeRecorder, SearchCallback, episode_summary
+from amc.agents.factory import ALGORITHMS, check_hp, imitation_callback, load_preset, make_agent
 from amc.agents.population import SEARCHERS
+from amc.agents.runs import RunFolderError, check_run_name, log_command, read_state, repair_episodes
 from amc.agents.summary import choice_label
 from amc.agents.transfer import play_actions, play_episode
 from amc.envs.config import EnvConfig
@@ -34,6 +44,8 @@ from amc.envs.pruning_env import PruningEnv
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from amc.files import claim_folder, write_atomic
 
 log = logging.getLogger(__name__)
 AGENTS = (*ALGORITHMS, *SEARCHERS)
@@ -59,7 +71,7 @@ class SearchConfig:
         name: Run folder name (default ``<model>__<agent>__seed<k>__<time>``).
         finalists: The best episodes (by reward) re-scored on the selection images at the end;
             the best of them there becomes ``best_policy.json``.
-        agent_init: An ``agent.zip`` of an earlier search (same RL algorithm) whose networks
+        agent_init: An ``agent.pt`` of an earlier search (same RL algorithm) whose networks
             start this one (a warm start); its warm-up then defaults to 0 episodes.
     """
 
@@ -73,6 +85,15 @@ class SearchConfig:
     name: str = ""
     finalists: int = 10
     agent_init: str = ""
+
+    def __post_init__(self) -> None:
+        check_run_name(self.name)
+        if self.agent_init and self.agent in SEARCHERS:
+            raise ValueError(f"--agent-init warm-starts an RL agent; '{self.agent}' has no networks to start")
+        for key, least in (("episodes", 1), ("envs", 1), ("finalists", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key} must be a whole number of at least {least}, got {value!r}")
 
     def run_name(self) -> str:
         """The run folder's name."""
@@ -88,23 +109,15 @@ class SearchConfig:
         return cls(**data)
 
 
-def _make_vec_env(config: SearchConfig, first: PruningEnv) -> VecEnv:
+EnvFactory = Callable[[EnvConfig], PruningEnv]
+"""Builds a search's environment from its settings (in a subprocess too: it is cloudpickled)."""
+
+
+def _make_vec_env(config: SearchConfig, first: PruningEnv, factory: EnvFactory) -> VecEnv:
     if config.envs <= 1:
         return DummyVecEnv([lambda: first])
     env_config = EnvConfig(**{**asdict(config.env), "threads": max(1, config.env.threads)})
-    return SubprocVecEnv(
-        [lambda c=env_config: PruningEnv(c) for _ in range(config.envs)], start_method="spawn"
-    )
-
-
-def _truncate_csv(path: Path, episodes: int) -> None:
-    """Keep the header and the first ``episodes`` rows (rows beyond the checkpoint are redone)."""
-    if not path.exists():
-        return
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows(rows[: episodes + 1])
+    return SubprocVecEnv([lambda: factory(env_config) for _ in range(config.envs)], start_method="spawn")
 
 
 def _hparams(config: SearchConfig, hp: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +137,10 @@ def _hparams(config: SearchConfig, hp: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bool) -> dict:
-    env = PruningEnv(config.env)
+def _start(
+    config: SearchConfig, run_dir: Path, state: dict | None, progress: bool, factory: EnvFactory
+) -> dict:
+    env = factory(config.env)
     rl = config.agent in ALGORITHMS
     if config.agent_init and not rl:
         raise ValueError(f"--agent-init warm-starts an RL agent; '{config.agent}' has no networks to start")
@@ -140,7 +155,7 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
         _hparams(config, hp),
         config.finalists,
     )
-    vec_env = _make_vec_env(config, env)
+    vec_env = _make_vec_env(config, env, factory)
     try:
         if rl:
             propose = _learn(config, vec_env, env.n, hp, recorder, state)
@@ -149,7 +164,7 @@ def _start(config: SearchConfig, run_dir: Path, state: dict | None, progress: bo
     finally:
         vec_env.close()
     best = recorder.best
-    if config.env.selection_images and recorder.candidates:
+    if env.backend.scorer.has_selection and recorder.candidates:
         best = select_final(env, recorder, propose)
     warmup = min(int(hp.get("warmup_episodes", 100)), config.episodes) if rl else 0
     return {
@@ -178,9 +193,11 @@ def _learn(
     """Train a stable-baselines3 agent for the remaining episodes; returns its actor's proposal."""
     run_dir = recorder.run_dir
     agent, noise = make_agent(config.agent, vec_env, hp, n_units, config.seed, config.envs)
+    spec = AgentSpec.of(config.agent, agent, hp, n_units)
     if state is not None:
-        agent = ALGORITHMS[config.agent].load(run_dir / "agent.zip", env=vec_env, device="cpu")
+        restore_checkpoint(agent, run_dir)  # tensors only: nothing in the run folder is unpickled
         agent.replay_buffer.load_npz(run_dir / "buffer.npz")
+        agent._n_updates = int(state.get("n_updates", 0))
         if noise is not None:
             noise.load_state(state["noise"])
             agent.action_noise = noise
@@ -189,14 +206,14 @@ def _learn(
         warm_start(agent, config.agent_init)
     agent.set_logger(configure(str(run_dir), ["tensorboard"]))
     remaining = max(0, config.episodes - recorder.episodes)
-    callbacks = [imitation_callback(hp), SearchCallback(recorder, noise)]  # imitate, then checkpoint
+    callbacks = [imitation_callback(hp), SearchCallback(recorder, spec, noise)]  # imitate, then checkpoint
     agent.learn(
         total_timesteps=remaining * n_units,
         callback=CallbackList([c for c in callbacks if c is not None]),
         reset_num_timesteps=state is None,
         log_interval=1,
     )
-    agent.save(run_dir / "agent.zip")
+    save_agent(agent, spec, run_dir / AGENT_FILE)
     return lambda env: {
         **play_episode(env, lambda obs: agent.predict(obs, deterministic=True)[0]),
         "source": "actor",
@@ -245,21 +262,25 @@ def _play_round(vec_env: VecEnv, actions: list[np.ndarray], n_units: int) -> lis
 
 
 def warm_start(agent: Any, path: str | Path) -> None:
-    """Load the actor and critic weights of an earlier search's ``agent.zip`` into ``agent``.
+    """Load the networks (and their optimisers' states) of an earlier search's ``agent.pt`` into ``agent``.
 
-    Only the networks are read (tensors, ``weights_only``); the replay buffer, noise and
-    counters start fresh.
+    Only tensors are read (``weights_only``); the replay buffer, noise and counters start fresh.
+
+    Raises:
+        AgentFileError: The file is unsafe or damaged, or its networks do not fit ``agent``.
+        FileNotFoundError: There is no agent file at ``path``.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"agent file {path} does not exist (expected runs/<run>/agent.zip)")
+    spec, tensors = read_agent(path)
     try:
-        agent.set_parameters(str(path), exact_match=True, device="cpu")
-    except (ValueError, RuntimeError, KeyError) as exc:
-        kind = type(agent).__name__.lower()
-        raise ValueError(
-            f"cannot warm-start from {path}: its networks do not fit this {kind} agent; use an agent.zip "
-            "saved by the same --agent and net_arch"
-        ) from exc
+        if ALGORITHMS[spec.algorithm] is not type(agent):
+            kind = type(agent).__name__.lower()
+            raise AgentFileError(
+                f"its networks (a {spec.algorithm} agent's) do not fit this {kind} agent; use an "
+                f"{AGENT_FILE} saved by the same --agent and net_arch"
+            )
+        restore(agent, tensors)
+    except AgentFileError as exc:
+        raise AgentFileError(f"cannot warm-start from {path}: {exc}") from None
 
 
 def _extra_candidates(env: PruningEnv, propose: Proposal) -> list[dict]:
@@ -375,33 +396,58 @@ def select_final(env: PruningEnv, recorder: EpisodeRecorder, propose: Proposal) 
     return final
 
 
-def run_search(config: SearchConfig, progress: bool = True) -> dict:
-    """Start a new search; returns the run folder, episode count, best result and wall time."""
+def run_search(config: SearchConfig, progress: bool = True, env_factory: EnvFactory = PruningEnv) -> dict:
+    """Start a new search; returns the run folder, episode count, best result and wall time.
+
+    ``env_factory`` builds the environment from ``config.env``; the default loads the zoo
+    model and dataset named there (:func:`amc.search` passes one over the user's objects).
+    """
     if config.agent not in AGENTS:
         raise ValueError(f"unknown agent '{config.agent}'; known agents: {', '.join(AGENTS)}")
+    check_hp(config.agent, config.hp)
     run_dir = Path(config.runs_dir) / config.run_name()
-    if (run_dir / "state.json").exists() or (run_dir / "episodes.csv").exists():
-        raise FileExistsError(f"{run_dir} already holds a search; resume it with --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.name = run_dir.name
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    (run_dir / "command.txt").write_text(" ".join(sys.argv) + "\n")
-    return _start(config, run_dir, None, progress)
+    # One writer per run folder; a search that fails before its first episode leaves no folder.
+    with claim_folder(run_dir, unused=lambda run: not (run / "episodes.csv").exists()):
+        if (run_dir / "state.json").exists() or (run_dir / "episodes.csv").exists():
+            raise FileExistsError(f"{run_dir} already holds a search; resume it with --resume {run_dir}")
+        config.name = run_dir.name
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+        write_atomic(run_dir / "command.txt", "")
+        log_command(run_dir)
+        return _start(config, run_dir, None, progress, env_factory)
 
 
-def resume_search(run_dir: str | Path, episodes: int | None = None, progress: bool = True) -> dict:
-    """Continue the search in ``run_dir`` from its last checkpoint (optionally to more episodes)."""
+def resume_search(
+    run_dir: str | Path,
+    episodes: int | None = None,
+    progress: bool = True,
+    env_factory: EnvFactory | None = None,
+) -> dict:
+    """Continue the search in ``run_dir`` from its last checkpoint (optionally to more episodes).
+
+    A search over Python objects (``dataset: python`` in its config) needs ``env_factory``
+    to rebuild its environment, i.e. it resumes through :func:`amc.search`.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a search run folder (no config.yaml)")
     config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    if episodes is not None:
-        config.episodes = episodes
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    state_file = run_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else None
-    _truncate_csv(run_dir / "episodes.csv", state["episodes"] if state else 0)
-    with (run_dir / "command.txt").open("a") as f:
-        f.write(" ".join(sys.argv) + "\n")
-    log.info("resuming %s at episode %d", run_dir, state["episodes"] if state else 0)
-    return _start(config, run_dir, state, progress)
+    if env_factory is None:
+        if config.env.dataset == "python":
+            raise ValueError(
+                f"{run_dir} searched a model object from Python: resume it with "
+                f"amc.search(model, example_inputs, evaluate, ..., run_dir='{run_dir}')"
+            )
+        env_factory = PruningEnv
+    with claim_folder(run_dir):  # refused while another process runs it; repairs what a kill left
+        state = read_state(run_dir)
+        done = state["episodes"] if state else 0
+        if episodes is not None:
+            if episodes < done:
+                raise RunFolderError(f"{run_dir} has run {done} episodes already; ask for {done} or more")
+            config = dataclasses.replace(config, episodes=episodes)
+            write_atomic(run_dir / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+        repair_episodes(run_dir / "episodes.csv", done)
+        log_command(run_dir)
+        log.info("resuming %s at episode %d", run_dir, done)
+        return _start(config, run_dir, state, progress, env_factory)

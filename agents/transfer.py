@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from amc.agents.factory import ALGORITHMS
+from amc.agents.agent_file import AgentFileError, build_agent, read_agent
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
 
@@ -47,24 +47,28 @@ def rollout_policy(
 ) -> Policy:
     """Run the agent's deterministic actor on the model in ``config``; keep the best blend with uniform.
 
-    The actor's actions, blended with the uniform policy's by each weight in ``blends``, are
+    The agent is rebuilt from its ``agent.pt`` and ``agent.json`` (tensors and settings only;
+    see :mod:`amc.agents.agent_file`); ``algo``, if given, must be the one it was saved by. The
+    actor's actions, blended with the uniform policy's by each weight in ``blends``, are
     played (the action wall keeps the budget) and scored on the search images, as is the bare
     actor's; the best becomes the policy, its weight recorded as ``metrics["actor_weight"]``
     (0: the uniform policy). ``blends=()`` keeps the bare actor.
+
+    Raises:
+        AgentFileError: The agent file is unsafe, damaged, of another algorithm than ``algo``,
+            or made for other observations.
+        FileNotFoundError: There is no agent file at ``agent_path``.
     """
-    path = Path(agent_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"agent file {path} does not exist (expected runs/<run>/agent.zip)")
+    spec, tensors = read_agent(agent_path)  # checked before the environment is built
+    if algo and algo != spec.algorithm:
+        raise AgentFileError(f"cannot load agent {agent_path}: it holds a {spec.algorithm} agent, not {algo}")
     env = PruningEnv(config)
-    errors = []
-    for name in [algo] if algo else list(ALGORITHMS):
-        try:
-            agent = ALGORITHMS[name].load(path, device="cpu")
-            break
-        except Exception as exc:  # SB3 raises various errors for a mismatched class
-            errors.append(f"{name}: {exc}")
-    else:
-        raise ValueError(f"cannot load agent {path}: {'; '.join(errors)}")
+    agent = build_agent(spec, tensors, agent_path)
+    if env.observation_space.shape != agent.observation_space.shape:
+        raise AgentFileError(
+            f"cannot roll out {agent_path}: it observes {agent.observation_space.shape}, this environment "
+            f"{env.observation_space.shape}"
+        )
     info = play_episode(env, lambda obs: agent.predict(obs, deterministic=True)[0])
     results = {1.0: info}
     uniform = env.uniform_sparsities()

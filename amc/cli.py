@@ -9,8 +9,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from amc.cli_bench import add_parser as add_benchmark_parser
-from amc.cli_search import add_parsers
-from amc.data import DATASETS, DatasetError
+from amc.cli_search import add_parsers, whole
+from amc.data import DATASETS, NORMALIZATIONS, DatasetError
+from amc.files import FolderLockedError
 from amc.loading import load_model_and_data
 from amc.models import MODELS, CheckpointError, ModelError, create_model
 from amc.plots import MissingExtraError
@@ -60,6 +61,28 @@ def _add_data_args(p: argparse.ArgumentParser, default: str) -> None:
         type=int,
         default=5000,
         help="training images held out as the search split (default: 5000)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=whole(1),
+        default=None,
+        metavar="S",
+        help="--dataset folder: read images of any size at S x S (evaluation: resize and centre "
+        "crop; training: random-resized crop and flip, streamed from the files); val/ may stand "
+        "for test/ (default: the checkpoint manifest's, else the images' own size)",
+    )
+    p.add_argument(
+        "--normalize",
+        default=None,
+        choices=["auto", *NORMALIZATIONS],
+        help="input normalisation: auto (measured on the training images) or a preset "
+        "(default: the checkpoint manifest's, else auto)",
+    )
+    p.add_argument(
+        "--workers",
+        type=whole(0),
+        default=None,
+        help="processes that decode streamed images (default: min(4, CPU count))",
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all cores (default: 0)")
@@ -136,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explicit_options(argv: list[str]) -> dict[str, str]:
+    """The options ``argv`` sets itself, as ``{dest: option}`` (options left at their defaults are absent)."""
+    parser = build_parser()
+    parsers = [parser]
+    for action in parser._actions:  # argparse has no public way to walk the sub-commands' options
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += list(action.choices.values())
+    options = {}
+    for p in parsers:
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+            if action.option_strings:
+                options[action.dest] = action.option_strings[-1]
+    given = vars(parser.parse_args(argv))
+    return {dest: options[dest] for dest in given if dest in options}
+
+
 def model_and_data(args: argparse.Namespace):
     """Load the model (with its checkpoint) and dataset the command line names."""
     set_threads(args.threads)
@@ -149,6 +189,9 @@ def model_and_data(args: argparse.Namespace):
         args.search_size,
         args.download,
         args.device,
+        args.input_size,
+        args.normalize,
+        args.workers,
     )
 
 
@@ -192,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``amc`` console script."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -202,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         ModelError,
         CheckpointError,
         MissingExtraError,
-        FileExistsError,
-        FileNotFoundError,
+        FolderLockedError,
+        OSError,  # a missing, existing, unwritable or locked file or folder
         ValueError,
         KeyError,
         TypeError,

@@ -6,29 +6,37 @@ Kept apart from :mod:`amc.cli` so that ``amc train``/``evaluate`` never import t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from amc.baselines import TargetError, uniform_policy
+from amc.budget import Budget, BudgetError
 
 log = logging.getLogger("amc")
 
 
-def parse_target(text: str) -> tuple[str, float | None]:
-    """Parse ``--target``: ``flops=0.5``, ``params=0.3``, ``latency=0.6`` or ``none``."""
-    if text.lower() == "none":
-        return "flops", None
-    metric, sep, value = text.partition("=")
+def parse_target(text: str) -> Budget:
+    """Parse ``--target`` (:meth:`Budget.parse`), as an argparse type."""
     try:
-        ratio = float(value)
-    except ValueError:
-        ratio = -1.0
-    if not sep or metric not in ("flops", "params", "latency") or not 0 < ratio <= 1:
-        raise argparse.ArgumentTypeError(
-            f"bad target '{text}': use flops=0.5, params=0.3, latency=0.6 or none"
-        )
-    return metric, ratio
+        return Budget.parse(text)
+    except BudgetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def whole(least: int):
+    """An argparse type: a whole number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least {least}")
+        return value
+
+    return parse
 
 
 def add_env_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +47,7 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
         type=parse_target,
-        default=("flops", 0.5),
+        default=Budget(env.metric, env.target),
         help="budget as a ratio of the dense model: flops=0.5, params=0.3, latency=0.6, or none "
         "(accuracy-guaranteed mode, use with --reward acc_flops/acc_params) (default: flops=0.5)",
     )
@@ -63,9 +71,15 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--round-to",
-        type=int,
+        type=whole(1),
         default=env.round_to,
         help="kept channels are multiples of this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=whole(1),
+        default=env.latency_batch,
+        help="batch size at which a latency budget is measured (default: %(default)s)",
     )
     p.add_argument(
         "--criterion",
@@ -87,16 +101,22 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--search-images",
-        type=int,
+        type=whole(1),
         default=env.search_images,
         help="search-split images scored per episode (default: %(default)s)",
     )
     p.add_argument(
         "--selection-images",
-        type=int,
+        type=whole(0),
         default=env.selection_images,
         help="other search-split images on which the search re-scores its best episodes before "
         "choosing the final policy; 0 keeps the best episode (default: %(default)s)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a model with a layer channel pruning cannot follow (by default that layer "
+        "stays dense, with a warning naming it)",
     )
 
 
@@ -104,7 +124,7 @@ def env_config(args: argparse.Namespace):
     """The :class:`~amc.envs.config.EnvConfig` described by the command line."""
     from amc.envs.config import EnvConfig
 
-    metric, target = args.target
+    metric, target = args.target.metric, args.target.ratio
     reward = args.reward or ("acc" if target is not None else "acc_flops")
     return EnvConfig(
         model=args.model,
@@ -115,12 +135,16 @@ def env_config(args: argparse.Namespace):
         split_seed=args.split_seed,
         search_size=args.search_size,
         download=args.download,
+        input_size=args.input_size,
+        normalize=args.normalize,
+        workers=args.workers,
         mode=args.mode,
         metric=metric,
         target=target,
         reward=reward,
         max_sparsity=args.max_sparsity,
         round_to=args.round_to,
+        latency_batch=args.latency_batch,
         criterion=args.criterion,
         reconstruct=args.reconstruct,
         recalibrate=args.recalibrate,
@@ -128,7 +152,25 @@ def env_config(args: argparse.Namespace):
         selection_images=args.selection_images,
         device=args.device,
         threads=args.threads,
+        strict=args.strict,
     )
+
+
+RESUME_OPTIONS = ("resume", "episodes_override", "no_progress", "no_summary", "verbose")
+"""What ``amc search --resume`` takes; the run's other settings come from its ``config.yaml``."""
+
+
+def check_resume_options(args: argparse.Namespace) -> None:
+    """Refuse options that ``--resume`` would ignore (the run keeps the settings it started with)."""
+    from amc.cli import explicit_options
+
+    given = explicit_options(getattr(args, "argv", None) or [])
+    ignored = [option for dest, option in given.items() if dest not in RESUME_OPTIONS]
+    if ignored:
+        raise ValueError(
+            f"--resume continues {args.resume} with the settings in its config.yaml, so {', '.join(ignored)} "
+            "would be ignored; drop them (--episodes-override N sets a new episode total)"
+        )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -137,8 +179,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from amc.agents.search import SearchConfig, choice_label, resume_search, run_search
 
     if args.resume:
+        check_resume_options(args)
         result = resume_search(args.resume, args.episodes_override, progress=not args.no_progress)
     else:
+        if args.episodes_override is not None:
+            raise ValueError("--episodes-override goes with --resume; a new search takes --episodes")
         hp = parse_overrides(args.hp)
         if args.warmup is not None:
             hp["warmup_episodes"] = args.warmup
@@ -180,6 +225,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def summary(env, run_dir: Path) -> str:
     """Dense vs best policy vs uniform policy at the same budget, on the held-out test images."""
+    from amc.files import write_json
     from amc.policy import Policy
     from amc.report import compare, format_table
 
@@ -196,7 +242,7 @@ def summary(env, run_dir: Path) -> str:
         uniform.save(run_dir / "uniform_policy.json")
     rows = compare(pruner, scorer.dataset, kept, scorer, "test", env.config.device)
     text = format_table(rows, f"held-out test images ({len(scorer.dataset.split('test'))}):")
-    (run_dir / "summary.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    write_json(run_dir / "summary.json", [r.__dict__ for r in rows], indent=1)
     return text
 
 
@@ -212,6 +258,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     from amc.compare_report import markdown_table, write_report
     from amc.envs.config import build_backend
+    from amc.files import claim_folder
 
     config = env_config(args)
     if config.target is None or config.mode != "channel":
@@ -240,13 +287,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         model=config.model,
     )
     identity = ("model", "checkpoint", "width", "dataset", "data", "split_seed", "search_size")
+    identity += ("input_size", "normalize")
     identity += ("criterion", "round_to", "reconstruct", "recalibrate", "search_images", "selection_images")
     settings = {k: getattr(config, k) for k in identity}
-    backend = build_backend(config)
-    comparison = Comparison(backend.pruner, backend.scorer, compare_config, args.out, given, settings)
-    test_images = len(backend.scorer.dataset.split("test"))
-    report = comparison.run(f"{config.model} on {config.dataset}, {test_images} test images")
-    written = write_report(report, args.out, plots)
+    with claim_folder(Path(args.out)):  # one comparison at a time writes --out
+        backend = build_backend(config)
+        comparison = Comparison(backend.pruner, backend.scorer, compare_config, args.out, given, settings)
+        test_images = len(backend.scorer.dataset.split("test"))
+        report = comparison.run(f"{config.model} on {config.dataset}, {test_images} test images")
+        written = write_report(report, args.out, plots)
     print(markdown_table(report))
     print(f"wrote {', '.join(str(p) for p in written)} and TensorBoard events")
     return 0
@@ -258,7 +307,7 @@ def check_apply_options(args: argparse.Namespace, out: Path) -> None:
         raise ValueError("--distill and --resume act on fine-tuning; add --finetune-epochs N (e.g. 5)")
     if (out / "pruned.pt").exists():
         raise FileExistsError(
-            f"{out} already holds a pruned model; choose another --out or delete that folder"
+            f"{out} already holds a pruned model ({out / 'pruned.pt'}); choose another --out"
         )
     state = out / "finetune" / "last.pt"
     if args.resume and not state.exists():
@@ -269,15 +318,24 @@ def check_apply_options(args: argparse.Namespace, out: Path) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """``amc apply``: prune a model with a saved policy (or a saved agent), evaluate and save it."""
+    from amc.files import claim_folder
+
+    if bool(args.policy) == bool(args.agent):
+        raise ValueError("give exactly one of --policy (a policy JSON) or --agent (an agent.pt to roll out)")
+    out = Path(args.out)
+    with claim_folder(out):  # writable, and ours alone, before anything is pruned; no folder left on errors
+        check_apply_options(args, out)
+        return _apply(args, out)
+
+
+def _apply(args: argparse.Namespace, out: Path) -> int:
+    """The body of :func:`cmd_apply`, in its claimed output folder."""
     from amc.cli import model_and_data
-    from amc.policy import Policy, apply_policy, save_pruned
+    from amc.files import write_json
+    from amc.policy import Policy, apply_policy, measure_cost, save_pruned
     from amc.scoring import calibration_images
     from amc.train import evaluate, recalibrate_bn_on
 
-    if bool(args.policy) == bool(args.agent):
-        raise ValueError("give exactly one of --policy (a policy JSON) or --agent (an agent.zip to roll out)")
-    out = Path(args.out)
-    check_apply_options(args, out)
     if args.agent:
         from amc.agents.transfer import rollout_policy
 
@@ -291,7 +349,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     needs_images = policy.reconstruct or args.recalibrate
     images = calibration_images(dataset, 1024, seed=7).to(args.device) if needs_images else None
     dense_top1 = evaluate(model, dataset, "test", device=args.device)["top1"]
-    pruned = apply_policy(model, policy, shape, images[:256] if images is not None else None)
+    calibration = images[:256] if images is not None else None
+    pruned = apply_policy(model, policy, shape, calibration, strict=args.strict)
     if args.recalibrate:
         recalibrate_bn_on(pruned, images)
     if args.finetune_epochs:
@@ -313,7 +372,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
             teacher=teacher,
         )
     metrics = evaluate(pruned, dataset, "test", device=args.device)
-    save_pruned(pruned, policy, out / "pruned.pt")
     if policy.mode == "finegrained":
         from amc.pruning.finegrained import export_sparse
 
@@ -323,21 +381,40 @@ def cmd_apply(args: argparse.Namespace) -> int:
             f"stored size: dense {total['dense']:.2f} MB, CSR {total['csr']:.2f} MB, "
             f"bitmask {total['bitmask']:.2f} MB, file {size['file_bytes'] / 1e6:.2f} MB"
         )
+    sparse = policy.mode == "finegrained"
+    measured = replace(
+        policy, cost_before=measure_cost(model, shape, sparse), cost_after=measure_cost(pruned, shape, sparse)
+    )
+    _compare_costs(policy, measured)
     result = {
         "dense_top1": dense_top1,
         "pruned_top1": metrics["top1"],
-        **policy.ratios(),
-        "cost_before": policy.cost_before,
-        "cost_after": policy.cost_after,
+        **measured.ratios(),
+        "cost_before": measured.cost_before,
+        "cost_after": measured.cost_after,
         "finetune_epochs": args.finetune_epochs,
         "distill": args.distill,
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "metrics.json", result)
+    save_pruned(pruned, policy, out / "pruned.pt")  # last: pruned.pt marks a finished apply
     print(
         f"dense {dense_top1:.2f} % -> pruned {metrics['top1']:.2f} % on the test split; "
         f"FLOPs {result.get('flops_ratio', 1):.3f}, params {result.get('params_ratio', 1):.3f}; saved {out}"
     )
     return 0
+
+
+def _compare_costs(policy, measured) -> None:
+    """Warn when the policy file's cost ratios differ from the pruned model's measured ones."""
+    claimed, actual = policy.ratios(), measured.ratios()
+    for key, value in actual.items():
+        if key in claimed and abs(claimed[key] - value) > 0.01 * max(value, 1e-9):
+            log.warning(
+                "the policy file gives %s %.4f, the pruned model measures %.4f; reporting the measurement",
+                key,
+                claimed[key],
+                value,
+            )
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -384,29 +461,29 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         "(cross-entropy method); all get the same episodes and final selection (default: %(default)s)",
     )
     p.add_argument(
-        "--episodes", type=int, default=300, help="episodes in all, warm-up included (default: 300)"
+        "--episodes", type=whole(1), default=300, help="episodes in all, warm-up included (default: 300)"
     )
     p.add_argument(
         "--warmup",
-        type=int,
+        type=whole(0),
         default=None,
         help="warm-up episodes of random actions (default: the preset's, 100; 0 with --agent-init)",
     )
     p.add_argument(
         "--agent-init",
         default=None,
-        metavar="AGENT_ZIP",
-        help="warm-start the RL agent's networks from an earlier search's agent.zip (same --agent)",
+        metavar="AGENT_PT",
+        help="warm-start the RL agent's networks from an earlier search's agent.pt (same --agent)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the agent (default: 0)")
     p.add_argument(
         "--finalists",
-        type=int,
+        type=whole(0),
         default=10,
         help="best episodes re-scored on the selection images at the end (default: %(default)s)",
     )
     p.add_argument(
-        "--envs", type=int, default=1, help="episodes scored in parallel subprocesses (default: 1)"
+        "--envs", type=whole(1), default=1, help="episodes scored in parallel subprocesses (default: 1)"
     )
     p.add_argument(
         "--hp",
@@ -419,9 +496,15 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
     p.add_argument(
         "--name", default=None, help="run folder name (default: <model>__<agent>__seed<k>__<time>)"
     )
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the search in RUN_DIR")
     p.add_argument(
-        "--episodes-override", type=int, default=None, help="with --resume: new total episode count"
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the search in RUN_DIR with its own settings (only --episodes-override, "
+        "--no-progress and --no-summary go with it)",
+    )
+    p.add_argument(
+        "--episodes-override", type=whole(1), default=None, help="with --resume: new total episode count"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-summary", action="store_true", help="skip the dense/best/uniform table at the end")
@@ -430,12 +513,18 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
     p = env_command(
         "apply",
         "prune a model with a saved policy or agent, evaluate, save",
-        "Apply a policy JSON (or roll out a saved agent.zip on this model), "
+        "Apply a policy JSON (or roll out a saved agent.pt on this model), "
         "optionally fine-tune, evaluate on the test split, save pruned.pt.",
     )
     p.add_argument("--policy", default=None, help="policy JSON (e.g. runs/<run>/best_policy.json)")
-    p.add_argument("--agent", default=None, help="agent.zip of an earlier search, rolled out on this model")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs (needs a training split)")
+    p.add_argument(
+        "--agent",
+        default=None,
+        help="agent.pt of an earlier search (or its run folder), rolled out on this model",
+    )
+    p.add_argument(
+        "--finetune-epochs", type=whole(0), default=0, help="fine-tune epochs (needs a training split)"
+    )
     p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate (default: 0.01)")
     p.add_argument(
         "--distill",

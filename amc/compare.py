@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from amc.baselines import (
 )
 from amc.compare_report import Report, Result
 from amc.data import Dataset
+from amc.files import LOCK, write_json
 from amc.policy import Policy, PolicyError, model_signature
 from amc.pruning.channel import ChannelPruner
 from amc.report import pruned_model
@@ -157,14 +157,6 @@ class SearchRun:
     episodes: int | None
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write ``data`` as JSON to a temporary file, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def policy_digest(kept: dict[str, int]) -> str:
     """A short hash of a policy's kept channels (tells two policies apart)."""
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
@@ -241,9 +233,9 @@ def prepare_out(out: Path, settings: dict) -> None:
                 "choose another --out or delete that folder"
             )
         return
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise CompareError(f"{out} holds other files and no comparison.json; choose another --out")
-    write_json_atomic(manifest, {"settings": settings})
+    write_json(manifest, {"settings": settings})
 
 
 class Comparison:
@@ -300,7 +292,7 @@ class Comparison:
             return json.loads(path.read_text())["top1"]
         self.pruner.reset()
         top1 = evaluate(self.pruner.model, self.dataset, "test", device=self.config.device)["top1"]
-        write_json_atomic(path, {"top1": top1})
+        write_json(path, {"top1": top1})
         return top1
 
     def policy(self, entry: Entry) -> Policy:
@@ -372,7 +364,7 @@ class Comparison:
             self._log(entry, "done in an earlier run, skipped (%s)", path)
             return done
         result = self._measure(entry, kept, digest)
-        write_json_atomic(path, asdict(result))
+        write_json(path, asdict(result))
         return result
 
     def _measure(self, entry: Entry, kept: dict[str, int], digest: str) -> Result:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from amc.files import write_atomic
 
 
 @dataclass
@@ -126,10 +127,7 @@ def write_tables(report: Report, out: Path) -> list[Path]:
         ("compare.md", f"{report.title}\n\n{markdown_table(report)}\n"),
         ("compare.csv", text.getvalue()),
     ):
-        tmp = out / f"{name}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
-        written.append(out / name)
+        written.append(write_atomic(out / name, content))
     return written
 
 

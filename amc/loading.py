@@ -28,15 +28,30 @@ def load_model_and_data(
     search_size: int = 5000,
     download: bool = False,
     device: str = "cpu",
+    input_size: int | None = None,
+    normalize: str | None = None,
+    workers: int | None = None,
 ) -> tuple[nn.Module, Dataset, float]:
     """The model (with its checkpoint) and dataset; split seed and width default to the manifest's.
+
+    So do the input size and the normalisation (``None``: the manifest's, else the images' own
+    size and ``auto``); ``workers`` decode streamed images (:func:`~amc.data.load_dataset`).
 
     Returns:
         The model on ``device`` in eval mode, the dataset, and the width used.
     """
     model_factory(model)  # an unknown model fails here, before the dataset is decoded
     path, manifest = resolve_checkpoint(model, checkpoint)
-    data_set = load_dataset(dataset, data, manifest.get("split_seed", split_seed), search_size, download)
+    data_set = load_dataset(
+        dataset,
+        data,
+        manifest.get("split_seed", split_seed),
+        search_size,
+        download,
+        input_size if input_size is not None else manifest.get("input_size"),
+        normalize or manifest.get("normalize", "auto"),
+        workers,
+    )
     width = width if width is not None else manifest.get("width", 1.0)
     net = create_model(model, data_set.num_classes, width, path, data_set.in_channels)
     return net.to(device), data_set, width

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from amc.files import atomic_path
+
 INSTALL_HINT = "pip install 'amc-pruner[plot]'"
 COLOURS = ("#3b75af", "#ef8636", "#519e3e", "#c53a32", "#8d69b8", "#84584e", "#d57dbe", "#7f7f7f")
 """Method colours, in order (matplotlib's default cycle, so PNG and TensorBoard agree)."""
@@ -76,7 +78,8 @@ def accuracy_vs_flops(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return Path(path)
 
 
@@ -105,7 +108,8 @@ def profiles_png(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(4, max(1, len(profiles))))
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return Path(path)
 
 

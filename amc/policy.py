@@ -3,20 +3,26 @@
 Policies are plain JSON (never pickle), so they can be read, diffed and applied anywhere::
 
     policy = Policy.load("runs/x/best_policy.json")
-    small = apply_policy(create_model("resnet20", checkpoint="shipped"), policy)
+    small = apply_policy(create_model("resnet20", checkpoint="shipped"), policy, calibration=images)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from amc.files import atomic_path, write_atomic
 from amc.pruning.channel import ChannelPruner
+from amc.scoring import calibration_batch
+
+RECONSTRUCTION_IMAGES = 256
+"""Calibration inputs used for least-squares reconstruction when applying a policy."""
 
 MODES = ("channel", "finegrained")
 
@@ -29,6 +35,10 @@ def model_signature(pruner: ChannelPruner) -> str:
     """A short hash of the model's pruning units (names and widths) and input shape."""
     text = ";".join(f"{u.name}:{u.channels}" for u in pruner.units) + f"|{pruner.graph.input_shape[1:]}"
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _is_fraction(value: object) -> bool:
@@ -50,6 +60,8 @@ class Policy:
         round_to: Kept channels are multiples of this.
         model: Name of the model it was made for (informative).
         signature: :func:`model_signature` of that model; checked on apply.
+        input_shape: Shape of the example input it was made with, ``(1, C, H, W)``; the
+            default input shape of :func:`apply_policy` and :func:`load_pruned`.
         kept: Kept channels per unit (channel mode), as applied.
         cost_before: ``{"macs": ..., "params": ...}`` of the dense model.
         cost_after: The same after pruning.
@@ -63,6 +75,7 @@ class Policy:
     round_to: int = 1
     model: str = ""
     signature: str = ""
+    input_shape: list[int] = field(default_factory=list)
     kept: dict[str, int] = field(default_factory=dict)
     cost_before: dict[str, int] = field(default_factory=dict)
     cost_after: dict[str, int] = field(default_factory=dict)
@@ -76,6 +89,13 @@ class Policy:
         bad = {k: v for k, v in self.sparsities.items() if not _is_fraction(v)}
         if bad:
             raise PolicyError(f"sparsities must be in [0, 1): {bad}")
+        if not _is_count(self.round_to):
+            raise PolicyError(f"round_to must be a whole number of at least 1, got {self.round_to!r}")
+        if not isinstance(self.kept, dict):
+            raise PolicyError(f"kept must map unit names to channel counts, got {type(self.kept).__name__}")
+        bad = {k: v for k, v in self.kept.items() if not _is_count(v)}
+        if bad:
+            raise PolicyError(f"kept channels must be whole numbers of at least 1: {bad}")
 
     def ratios(self) -> dict[str, float]:
         """Pruned/dense ratios of MACs and parameters (``flops_ratio``, ``params_ratio``)."""
@@ -91,12 +111,7 @@ class Policy:
 
     def save(self, path: str | Path) -> Path:
         """Write the policy as JSON (atomically) and return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return write_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -121,6 +136,7 @@ class Policy:
             reconstruct=pruner.reconstructor is not None,
             round_to=pruner.round_to,
             signature=model_signature(pruner),
+            input_shape=[1, *pruner.graph.input_shape[1:]],
             kept={u.name: int(k) for u, k in zip(pruner.units, kept, strict=True)},
             cost_before={"macs": macs0, "params": params0},
             cost_after={"macs": macs, "params": params},
@@ -131,16 +147,20 @@ class Policy:
 def apply_policy(
     model: nn.Module,
     policy: Policy,
-    input_shape: tuple[int, ...] = (1, 3, 32, 32),
-    calibration: Tensor | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    calibration: Tensor | Iterable | None = None,
+    strict: bool = False,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` according to ``policy`` (the model itself is not changed).
 
     Channel policies remove channels physically; fine-grained policies zero weights and fold
-    the masks in. ``calibration`` images enable reconstruction when the policy asks for it.
+    the masks in. ``calibration`` inputs (a tensor or an iterable of batches) enable
+    reconstruction when the policy asks for it. ``input_shape`` defaults to the policy's.
+    ``strict`` refuses a model with a layer that cannot be pruned (by default it stays dense).
 
     Raises:
-        PolicyError: The policy was made for a different architecture.
+        PolicyError: The policy was made for a different architecture, or it needs an input
+            shape or calibration inputs that were not given.
     """
     if policy.mode == "finegrained":
         from amc.pruning.finegrained import apply_finegrained
@@ -150,11 +170,17 @@ def apply_policy(
         raise PolicyError(
             "this policy uses reconstruction: pass calibration images (or set reconstruct=False)"
         )
+    images = calibration_batch(calibration, RECONSTRUCTION_IMAGES) if policy.reconstruct else None
     pruner = ChannelPruner(
-        model, input_shape, policy.criterion, policy.round_to, calibration if policy.reconstruct else None
+        model, _input_shape(policy, input_shape), policy.criterion, policy.round_to, images, strict=strict
     )
     signature = model_signature(pruner)
-    if policy.signature and policy.signature != signature:
+    if not policy.signature:
+        raise PolicyError(
+            "the policy records no model signature, so nothing shows it fits this model; amc's policies "
+            f'carry one (if you wrote this one for this model, add "signature": "{signature}")'
+        )
+    if policy.signature != signature:
         mine = {u.name: u.channels for u in pruner.units}
         theirs = set(policy.sparsities)
         diff = sorted(theirs ^ set(mine))[:5]
@@ -162,6 +188,7 @@ def apply_policy(
             f"policy made for model '{policy.model}' (signature {policy.signature}) does not fit "
             f"this model (signature {signature}); differing units: {diff or 'same names, other widths'}"
         )
+    _check_kept(policy, pruner)
     sparsities = pruner.sparsities_by_name(policy.sparsities)
     kept = [
         policy.kept.get(u.name, k) for u, k in zip(pruner.units, pruner.kept_for(sparsities), strict=True)
@@ -169,22 +196,42 @@ def apply_policy(
     return pruner.export(kept)
 
 
+def _check_kept(policy: Policy, pruner: ChannelPruner) -> None:
+    """Refuse kept channel counts the model cannot have: unknown units, or outside 1..width."""
+    width = {u.name: u.channels for u in pruner.units}
+    unknown = sorted(set(policy.kept) - set(width))
+    if unknown:
+        raise PolicyError(f"the policy keeps channels of unit(s) this model does not have: {unknown[:5]}")
+    bad = {n: f"{k} of {width[n]}" for n, k in policy.kept.items() if not (_is_count(k) and k <= width[n])}
+    if bad:
+        raise PolicyError(f"the policy keeps impossible channel counts (kept of the unit's width): {bad}")
+
+
+def _input_shape(policy: Policy, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    if given is not None:
+        return tuple(given)
+    if not policy.input_shape:
+        raise PolicyError("this policy does not record its input shape: pass input_shape=(1, C, H, W)")
+    return tuple(policy.input_shape)
+
+
 def save_pruned(model: nn.Module, policy: Policy, path: str | Path) -> Path:
-    """Save a pruned model as its state dict (``.pt``) beside its policy (``.policy.json``)."""
+    """Save a pruned model as its state dict (``.pt``) beside its policy (``.policy.json``).
+
+    Both are written atomically, the policy first: a ``.pt`` file always has its policy.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     policy.save(path.with_suffix(".policy.json"))
+    with atomic_path(path) as tmp:
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     return path
 
 
-def load_pruned(
-    model: nn.Module, path: str | Path, input_shape: tuple[int, ...] = (1, 3, 32, 32)
-) -> nn.Module:
+def load_pruned(model: nn.Module, path: str | Path, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Rebuild a pruned model saved by :func:`save_pruned` on a fresh ``model`` of the same architecture.
 
     The structure comes from the policy's kept channels, the weights from the state dict
-    (loaded with ``weights_only=True``).
+    (loaded with ``weights_only=True``); ``input_shape`` defaults to the policy's.
     """
     from amc.models import load_checkpoint
 
@@ -192,3 +239,28 @@ def load_pruned(
     policy = Policy.load(path.with_suffix(".policy.json"))
     structure = apply_policy(model, replace(policy, reconstruct=False), input_shape)
     return load_checkpoint(structure, path)
+
+
+def measure_cost(model: nn.Module, input_shape: tuple[int, ...], sparse: bool = False) -> dict[str, int]:
+    """MACs and parameters of ``model`` as it is, counted on the network (not read from a policy).
+
+    With ``sparse`` (fine-grained pruning), zeroed weights of convolutions and linear layers
+    count as neither parameters nor MACs, as :class:`~amc.envs.backends.FineGrainedBackend`
+    counts them.
+    """
+    from amc.cost import layer_costs
+
+    modules = dict(model.named_modules())
+
+    def density(module: nn.Module | None) -> float:
+        if sparse and isinstance(module, (nn.Conv2d, nn.Linear)):
+            return float((module.weight != 0).float().mean())
+        return 1.0
+
+    macs = sum(cost.macs * density(modules.get(cost.name)) for cost in layer_costs(model, input_shape))
+    params = sum(p.numel() for p in model.parameters())
+    if sparse:
+        params -= sum(
+            int((m.weight == 0).sum()) for m in modules.values() if isinstance(m, (nn.Conv2d, nn.Linear))
+        )
+    return {"macs": round(macs), "params": params}

@@ -8,6 +8,7 @@ split is never touched here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,6 +140,11 @@ class Scorer:
             correct += (model(x).argmax(1) == y).sum().item()
         return 100.0 * correct / len(labels)
 
+    @property
+    def has_selection(self) -> bool:
+        """Whether final candidates can be re-scored on selection images."""
+        return len(self.sets["selection"][1]) > 0
+
     def recalibrate(self, model: nn.Module) -> nn.Module:
         """Re-estimate ``model``'s BatchNorm statistics on the recalibration images (if configured)."""
         if self.recalibration is not None:
@@ -148,3 +154,93 @@ class Scorer:
     def evaluate(self, model: nn.Module, on: str = "search") -> float:
         """Optionally recalibrate BatchNorm statistics, then return top-1 accuracy (%) on ``on``."""
         return self.accuracy(self.recalibrate(model), on)
+
+
+Evaluate = Callable[[nn.Module], float]
+"""A user's evaluation: the model (pruned, in eval mode) -> a score, higher is better."""
+
+
+def calibration_batch(calibration: Tensor | Iterable, max_images: int = 1024) -> Tensor:
+    """The first ``max_images`` inputs of ``calibration`` as one tensor.
+
+    ``calibration`` is a tensor of inputs or an iterable of batches: tensors, or ``(inputs,
+    targets, ...)`` tuples as a classification ``DataLoader`` yields them.
+    """
+    if isinstance(calibration, Tensor):
+        return calibration[:max_images]
+    parts, count = [], 0
+    for batch in calibration:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"calibration batches must be tensors or (inputs, ...) tuples, got {type(x).__name__}"
+            )
+        parts.append(x[: max_images - count])
+        count += len(parts[-1])
+        if count >= max_images:
+            break
+    if not parts:
+        raise ValueError("calibration holds no inputs: pass a tensor or an iterable of input batches")
+    return torch.cat(parts)
+
+
+class EvaluatorScorer:
+    """Scores pruned networks with the user's own evaluation function instead of a dataset.
+
+    Rewards read scores as top-1 percentages, so the value of ``evaluate`` (in any unit,
+    higher is better: top-1 %, mAP, minus a loss) is normalised against the dense model's:
+    ``100 * (1 + (v - v_dense) / |v_dense|)``. The dense model scores 100, and a model that
+    loses a tenth of the dense model's score scores 90, whatever the unit.
+
+    Args:
+        model: The dense network (scored once here, for the normalisation).
+        evaluate: Scores a pruned copy during the search.
+        selection: Scores the final candidates (other data than ``evaluate``'s); ``None``
+            keeps the best episode as it is.
+        recalibration: Inputs on which BatchNorm statistics are re-estimated before each
+            score; ``None`` scores without recalibration.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        evaluate: Evaluate,
+        selection: Evaluate | None = None,
+        recalibration: Tensor | None = None,
+    ):
+        self.functions = {"search": evaluate, "selection": selection}
+        self.recalibration = recalibration
+        self.dense = {on: self._raw(model.eval(), on) for on, fn in self.functions.items() if fn is not None}
+        for on, value in self.dense.items():
+            if value == 0:
+                raise ValueError(
+                    f"the {on} evaluation returned 0 for the dense model, so scores cannot be "
+                    "normalised against it: return a score whose dense value is not 0"
+                )
+
+    @property
+    def has_selection(self) -> bool:
+        """Whether final candidates can be re-scored on other data."""
+        return self.functions["selection"] is not None
+
+    def _raw(self, model: nn.Module, on: str) -> float:
+        fn = self.functions[on]
+        if fn is None:
+            raise ValueError(f"no {on} evaluation was given")
+        with torch.no_grad():
+            value = float(fn(model.eval()))
+        if value != value:  # NaN
+            raise ValueError(f"the {on} evaluation returned NaN")
+        return value
+
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        """Re-estimate ``model``'s BatchNorm statistics on the calibration inputs (if given)."""
+        if self.recalibration is not None:
+            recalibrate_bn_on(model, self.recalibration, 256)
+        return model
+
+    def evaluate(self, model: nn.Module, on: str = "search") -> float:
+        """The normalised score of ``model`` (the dense model: 100) after recalibration."""
+        value = self._raw(self.recalibrate(model), on)
+        dense = self.dense[on]
+        return 100.0 * (1.0 + (value - dense) / abs(dense))

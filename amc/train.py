@@ -9,7 +9,6 @@ Izmailov et al. 2018) over the last epochs. Every epoch writes ``last.pt`` atomi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from amc.data import Dataset, iterate_batches
+from amc.files import atomic_path, claim_folder, load_weights, write_json
 from amc.models import load_state
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,13 @@ SWA_BN_BATCHES = 100
 
 Plain (un-augmented) images shift the statistics of a network trained on padded crops:
 on the shipped MobileNet they cost 4 points of test accuracy, augmented ones none."""
+ONEDNN_MIN_1X1_CHANNELS = 16
+ONEDNN_MAX_SAFE_SIDE = 48
+"""On CPUs, oneDNN's weight gradient of a channels-last 1x1 convolution with a stride above 1 and
+fewer than ``ONEDNN_MIN_1X1_CHANNELS`` input channels writes past its workspace
+(uxlfoundation/oneDNN#6035): heap corruption and crashes on inputs from 56 x 56 on (torch 2.13,
+AVX-512). A model with such a layer (a thin pruned or width-reduced ResNet shortcut) trains on
+images larger than ``ONEDNN_MAX_SAFE_SIDE`` in the contiguous memory format instead."""
 
 
 @dataclass
@@ -143,6 +150,21 @@ def learning_rate(step: int, total: int, config: TrainConfig, steps_per_epoch: i
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def training_memory_format(model: nn.Module, device: torch.device, side: int) -> torch.memory_format:
+    """``channels_last`` (faster), unless ``model`` on ``side``-pixel images meets the oneDNN bug above."""
+    if device.type != "cpu" or side <= ONEDNN_MAX_SAFE_SIDE:
+        return torch.channels_last
+    for m in model.modules():
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.kernel_size == (1, 1)
+            and max(m.stride) > 1
+            and m.in_channels // m.groups < ONEDNN_MIN_1X1_CHANNELS
+        ):
+            return torch.contiguous_format
+    return torch.channels_last
+
+
 def set_threads(threads: int = 0) -> None:
     """Use ``threads`` CPU threads for intra-op parallelism (0 = every core)."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -216,12 +238,6 @@ def recalibrate_bn(
     return recalibrate_bn_on(model, torch.cat([x for x, _ in batches]).to(device), batch_size)
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_one_epoch(
     model: nn.Module,
     dataset: Dataset,
@@ -246,10 +262,11 @@ def train_one_epoch(
         leave=False,
     )
     loss_sum = correct = seen = 0.0
+    memory_format = training_memory_format(model, device, data.images.shape[1])
     for i, (x, y) in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(epoch * steps + i, total, config, steps)
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, memory_format=memory_format), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp == "bf16"):
             logits = model(x).float()
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -281,8 +298,10 @@ def train(
     """Train ``model`` on ``dataset``'s train split and write the result to ``out_dir``.
 
     ``out_dir`` receives ``last.pt`` (the resumable state, every epoch), ``history.json``, and
-    at the end ``model.pt`` (the state dict) with ``model.json`` (the manifest: ``manifest``
-    plus the training settings, test accuracy, command line and library versions).
+    at the end ``model.json`` (the manifest: ``manifest`` plus the training settings, test
+    accuracy, command line and library versions) with ``model.pt`` (the state dict). Every
+    file is written atomically, and one process at a time writes ``out_dir``
+    (:class:`amc.files.RunLock`), so a kill at any moment leaves a run that ``resume`` continues.
 
     Args:
         model: The network (moved to ``device``).
@@ -298,6 +317,21 @@ def train(
         The manifest written to ``model.json``.
     """
     out = Path(out_dir)
+    with claim_folder(out):
+        return _train(model, dataset, config, out, device, resume, manifest, teacher)
+
+
+def _train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    out: Path,
+    device: str | torch.device,
+    resume: bool,
+    manifest: dict | None,
+    teacher: nn.Module | None,
+) -> dict:
+    """The body of :func:`train`, in its claimed output folder."""
     state_file = out / "last.pt"
     if state_file.exists() and not resume:
         raise FileExistsError(
@@ -305,10 +339,12 @@ def train(
         )
     if resume and not state_file.exists():
         raise FileNotFoundError(f"nothing to resume: {state_file} does not exist")
-    out.mkdir(parents=True, exist_ok=True)
     set_threads(config.threads)
     device = torch.device(device)
-    model.to(device).to(memory_format=torch.channels_last)
+    memory_format = training_memory_format(model, device, dataset.split("train").images.shape[1])
+    if memory_format != torch.channels_last:
+        log.info("training in the contiguous memory format (a thin strided 1x1 conv meets a oneDNN bug)")
+    model.to(device).to(memory_format=memory_format)
     if teacher is not None:
         teacher.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
     optimizer = torch.optim.SGD(
@@ -322,7 +358,7 @@ def train(
     swa = AveragedModel(model) if config.swa_epochs else None
     start, history = 0, []
     if resume:
-        state = torch.load(state_file, map_location=device, weights_only=True)
+        state = load_weights(state_file, "training checkpoint")
         load_state(model, state["model"], state_file)  # a changed model or policy fails, naming a tensor
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -332,6 +368,7 @@ def train(
             elif state["epoch"] > config.swa_start:
                 raise ValueError(f"{state_file} holds no SWA average; resume with the run's own --swa-epochs")
         start, history = state["epoch"], state["history"]
+        write_json(out / "history.json", history, indent=1)  # in step with last.pt after a kill
         log.info("resuming %s at epoch %d", out, start + 1)
     t0 = time.time()
     for epoch in range(start, config.epochs):
@@ -350,18 +387,17 @@ def train(
             stats["acc"],
             stats["test_top1"],
         )
-        _save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "epoch": epoch + 1,
-                "history": history,
-                **({"swa": swa.state_dict()} if swa is not None else {}),
-            },
-            state_file,
-        )
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        checkpoint = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "epoch": epoch + 1,
+            "history": history,
+            **({"swa": swa.state_dict()} if swa is not None else {}),
+        }
+        with atomic_path(state_file) as tmp:
+            torch.save(checkpoint, tmp)
+        write_json(out / "history.json", history, indent=1)
     if swa is not None:
         model.load_state_dict(swa.module.state_dict())
         recalibrate_bn(
@@ -377,6 +413,8 @@ def train(
         "search_size": len(dataset.splits.get("search", [])),
         "mean": list(dataset.mean),
         "std": list(dataset.std),
+        "input_size": dataset.input_size,
+        "normalize": dataset.normalize,
         "train": asdict(config),
         "test_top1": round(test["top1"], 2),
         "test_top5": round(test["top5"], 2),
@@ -385,8 +423,9 @@ def train(
         "command": " ".join(sys.argv),
         "versions": versions(),
     }
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.pt")
-    (out / "model.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "model.json", result)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     return result
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from amc.cost import measured_pair
 from amc.policy import Policy
-from amc.pruning.channel import ChannelPruner, kept_channels
+from amc.pruning.channel import ChannelPruner
 from amc.pruning.finegrained import FineGrainedConfig, MagnitudePruner
 from amc.scoring import Scorer
 
@@ -47,6 +47,7 @@ class ChannelBackend:
         scorer: Scores the pruned model on the search split.
         latency: Optional function from kept channels to predicted latency (ms).
         model_name: Recorded in policies.
+        latency_shape: Input shape latency is measured at (default: the example input's).
 
     Attributes:
         physical: Score physically pruned copies (:meth:`ChannelPruner.export`); turned off,
@@ -61,8 +62,10 @@ class ChannelBackend:
         scorer: Scorer,
         latency: Callable[[Sequence[int]], float] | None = None,
         model_name: str = "",
+        latency_shape: tuple[int, ...] | None = None,
     ):
         self.pruner, self.scorer, self.latency, self.model_name = pruner, scorer, latency, model_name
+        self.latency_shape = latency_shape or pruner.graph.input_shape
         self.units = [
             UnitFeatures(u.name, u.channels, u.in_channels, u.in_hw, u.stride, u.kernel, u.flops, u.kind)
             for u in pruner.units
@@ -79,8 +82,7 @@ class ChannelBackend:
 
     def quantize(self, index: int, sparsity: float) -> float:
         """The sparsity that unit ``index`` really gets after rounding its kept channels."""
-        n = self.pruner.units[index].channels
-        return 1.0 - kept_channels(n, sparsity, self.pruner.round_to) / n
+        return 1.0 - self.pruner.kept_at(index, sparsity) / self.pruner.units[index].channels
 
     def costs(self, sparsities: Sequence[float]) -> dict[str, float]:
         """Pruned/dense ratios (``flops``, ``params``, ``latency``) and absolute values (``*_absolute``)."""
@@ -117,13 +119,13 @@ class ChannelBackend:
     def measured_latency(self, sparsities: Sequence[float]) -> float:
         """Measured latency of the physically pruned network over the dense one's.
 
-        Both are timed whole, in alternating blocks, on the example input's shape and the
+        Both are timed whole, in alternating blocks, at :attr:`latency_shape` and the
         current thread setting: the figure a user deploying the model sees, where
         ``costs()["latency"]`` is the latency table's prediction.
         """
         pruned = self.pruner.export(self.pruner.kept_for(list(sparsities)))
         device = next(pruned.parameters()).device
-        dense_ms, pruned_ms = measured_pair(self.pruner.model, pruned, self.pruner.graph.input_shape, device)
+        dense_ms, pruned_ms = measured_pair(self.pruner.model, pruned, self.latency_shape, device)
         return pruned_ms / dense_ms
 
     def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from amc.envs.backends import ChannelBackend, FineGrainedBackend
 
+from amc.budget import Budget
 from amc.loading import load_model_and_data
 from amc.pruning.channel import ChannelPruner
-from amc.scoring import Scorer, ScoringConfig, calibration_images
+from amc.scoring import (
+    Evaluate,
+    EvaluatorScorer,
+    Scorer,
+    ScoringConfig,
+    calibration_batch,
+    calibration_images,
+)
 
 log = logging.getLogger(__name__)
-METRICS = ("flops", "params", "latency")
+RECALIBRATION_IMAGES = 512
+"""Images on which BatchNorm statistics are re-estimated before each score."""
 
 
 @dataclass
@@ -24,11 +35,17 @@ class EnvConfig:
         model: Zoo name or ``package.module:function``.
         checkpoint: State-dict path, ``shipped``, or ``none``.
         width: Width multiplier (``None``: the checkpoint manifest's).
-        dataset: Dataset name (``sample`` is the bundled CIFAR-10 sample).
+        dataset: Dataset name (``sample`` is the bundled CIFAR-10 sample); ``python`` marks
+            an environment over a model object and evaluation function (:func:`object_backend`).
         data: Dataset files, if the dataset needs them.
         split_seed: Search hold-out seed (taken from the checkpoint manifest when present).
         search_size: Training images held out as the search split.
         download: Download the official CIFAR archive when missing.
+        input_size: Read an image folder of any image size at this square input size
+            (``None``: the checkpoint manifest's, else the images' own size).
+        normalize: ``auto``, ``imagenet`` or ``cifar10`` (``None``: the checkpoint
+            manifest's, else ``auto``); see :func:`amc.data.load_dataset`.
+        workers: Processes that decode streamed images (``None``: ``min(4, CPU count)``).
         mode: ``channel`` (structured) or ``finegrained`` (magnitude).
         metric: Budgeted resource: ``flops``, ``params`` or ``latency``.
         target: Budget as a ratio of the dense cost; ``None`` disables the action wall.
@@ -42,8 +59,13 @@ class EnvConfig:
         selection_images: Other search-split images on which a search re-scores its best
             candidates before naming the final policy (0: keep the best episode as it is).
         calibration_images: Images for reconstruction statistics.
+        latency_batch: Batch size at which latency is measured and budgeted (1: one input
+            at a time; small 32x32 models then spend most of it in per-layer overhead, so
+            give the batch size the model will be deployed at).
         device: Torch device.
         threads: CPU threads per environment (0: torch's default).
+        strict: Refuse a model with a layer that channel pruning cannot follow, instead of
+            leaving that layer dense with a warning.
     """
 
     model: str = "resnet20"
@@ -54,6 +76,9 @@ class EnvConfig:
     split_seed: int = 0
     search_size: int = 5000
     download: bool = False
+    input_size: int | None = None
+    normalize: str | None = None
+    workers: int | None = None
     mode: str = "channel"
     metric: str = "flops"
     target: float | None = 0.5
@@ -66,16 +91,21 @@ class EnvConfig:
     search_images: int = 1000
     selection_images: int = 2000
     calibration_images: int = 256
+    latency_batch: int = 1
     device: str = "cpu"
     threads: int = 0
+    strict: bool = False
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown metric '{self.metric}'; use one of {', '.join(METRICS)}")
+        Budget(self.metric, self.target)  # one check of metric and ratio, raising BudgetError
         if self.mode not in ("channel", "finegrained"):
             raise ValueError(f"unknown mode '{self.mode}'; use channel or finegrained")
         if not 0.0 < self.max_sparsity < 1.0:
             raise ValueError(f"max_sparsity must be in (0, 1), got {self.max_sparsity}")
+        for key, least in (("round_to", 1), ("search_images", 1), ("selection_images", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key} must be a whole number of at least {least}, got {value!r}")
 
 
 def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
@@ -92,13 +122,16 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
         config.search_size,
         config.download,
         config.device,
+        config.input_size,
+        config.normalize,
+        config.workers,
     )
     shape = (1, dataset.in_channels, *dataset.split("search").images.shape[1:3])
     scoring = ScoringConfig(
         images=config.search_images,
         selection_images=config.selection_images,
         recalibrate=config.recalibrate,
-        recalibration_images=512,
+        recalibration_images=RECALIBRATION_IMAGES,
     )
     scorer = Scorer(dataset, scoring, config.device)
     if config.mode == "finegrained":
@@ -107,11 +140,50 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
     if config.reconstruct:
         spare = scorer.spare_index
         calibration = calibration_images(dataset, config.calibration_images, spare, seed=7).to(config.device)
-    pruner = ChannelPruner(model, shape, config.criterion, config.round_to, calibration)
-    latency = None
+    pruner = ChannelPruner(model, shape, config.criterion, config.round_to, calibration, strict=config.strict)
+    return _channel_backend(pruner, scorer, config, shape)
+
+
+def object_backend(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor,
+    evaluate: Evaluate,
+    config: EnvConfig,
+    selection: Evaluate | None = None,
+    calibration: torch.Tensor | Iterable | None = None,
+) -> ChannelBackend:
+    """A channel backend over a user's own model and evaluation function (no zoo, no dataset).
+
+    The model is copied (the user's object is never changed). ``calibration`` inputs (a
+    tensor or an iterable of batches) feed least-squares reconstruction (its first
+    ``config.calibration_images``) and BatchNorm recalibration before each score (up to
+    :data:`RECALIBRATION_IMAGES`); without them both are off. Scores are normalised against
+    the dense model's (:class:`~amc.scoring.EvaluatorScorer`).
+    """
+    if config.mode != "channel":
+        raise ValueError("a model object is pruned in channel mode; use mode='channel'")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = copy.deepcopy(model).to(config.device).eval()
+    shape = (1, *example_inputs.shape[1:])
+    images = None
+    if calibration is not None:
+        images = calibration_batch(calibration, max(config.calibration_images, RECALIBRATION_IMAGES))
+        images = images.to(config.device)
+    scorer = EvaluatorScorer(model, evaluate, selection, images if config.recalibrate else None)
+    reconstruct = images[: config.calibration_images] if config.reconstruct and images is not None else None
+    pruner = ChannelPruner(model, shape, config.criterion, config.round_to, reconstruct, strict=config.strict)
+    return _channel_backend(pruner, scorer, config, shape)
+
+
+def _channel_backend(
+    pruner: ChannelPruner, scorer: Scorer | EvaluatorScorer, config: EnvConfig, shape: tuple[int, ...]
+) -> ChannelBackend:
+    """The channel backend, with a latency predictor at ``config.latency_batch`` when one is needed."""
+    latency, latency_shape = None, (config.latency_batch, *shape[1:])
     if config.metric == "latency" or config.reward == "acc_latency":
-        latency = latency_function(pruner, config, shape)
-    return ChannelBackend(pruner, scorer, latency, config.model)
+        latency = latency_function(pruner, config, latency_shape)
+    return ChannelBackend(pruner, scorer, latency, config.model, latency_shape)
 
 
 def latency_function(pruner: ChannelPruner, config: EnvConfig, shape: tuple[int, ...]):

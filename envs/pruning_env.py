@@ -10,18 +10,22 @@ the accuracy on the search split, the cost ratios, and the applied sparsities an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+import torch
 from amc.envs.backends import ChannelBackend, FineGrainedBackend
-from amc.envs.config import EnvConfig, build_backend
+from amc.envs.config import EnvConfig, build_backend, object_backend
 from amc.envs.embedding import FEATURES, kind_flags, observation, rest_fractions, static_table
 from amc.envs.rewards import get_reward
 from amc.envs.wall import ActionWall
+from torch import nn
 
 from amc.baselines import TargetError, uniform_policy
+from amc.scoring import Evaluate
 
 
 class PruningEnv(gym.Env):
@@ -30,7 +34,13 @@ class PruningEnv(gym.Env):
     Args:
         config: Environment settings; keyword arguments override its fields.
         backend: A ready backend (skips loading model and data from ``config``).
-        **overrides: Fields of :class:`EnvConfig`, e.g. ``model="plain20"``, ``target=0.3``.
+        example_inputs: With ``model=<nn.Module>``: an input batch of the model.
+        evaluate: With ``model=<nn.Module>``: the model -> a score, higher is better.
+        selection: With ``model=<nn.Module>``: the final selection's evaluation (optional).
+        calibration: With ``model=<nn.Module>``: inputs for reconstruction and BatchNorm
+            recalibration (a tensor or an iterable of batches; optional).
+        **overrides: Fields of :class:`EnvConfig`, e.g. ``model="plain20"``, ``target=0.3``;
+            ``model`` may also be an ``nn.Module`` (see :func:`~amc.envs.config.object_backend`).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -39,10 +49,24 @@ class PruningEnv(gym.Env):
         self,
         config: EnvConfig | None = None,
         backend: ChannelBackend | FineGrainedBackend | None = None,
+        *,
+        example_inputs: torch.Tensor | None = None,
+        evaluate: Evaluate | None = None,
+        selection: Evaluate | None = None,
+        calibration: torch.Tensor | Iterable | None = None,
         **overrides: Any,
     ):
         super().__init__()
+        module = overrides.pop("model", None) if isinstance(overrides.get("model"), nn.Module) else None
+        if module is not None:
+            overrides.update(model=type(module).__name__, checkpoint=None, dataset="python")
         self.config = replace(config or EnvConfig(), **overrides)
+        if module is not None:
+            if example_inputs is None or evaluate is None:
+                raise ValueError(
+                    "a model object needs example_inputs=<input batch> and evaluate=<model -> score>"
+                )
+            backend = object_backend(module, example_inputs, evaluate, self.config, selection, calibration)
         self.backend = backend if backend is not None else build_backend(self.config)
         self.units = self.backend.units
         self.n = len(self.units)

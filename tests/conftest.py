@@ -15,6 +15,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Every test starts on one thread, whatever an earlier one (e.g. a CLI run) set."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point $AMC_CACHE_DIR at a fresh folder so no test writes decoded images to the home folder."""
     monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path_factory.mktemp("amc-cache")))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import random
+import re
 
 import pytest
 import torch
@@ -292,10 +293,10 @@ def random_architecture(seed: int, hw: int = 16, hazard: str | None = None) -> t
     return randomize(model, seed), used
 
 
-def random_case(seed: int, hazard: str | None = None) -> None:
+def random_case(seed: int, hazard: str | None = None, strict: bool = False) -> None:
     model, used = random_architecture(seed, hazard=hazard)
     rng = random.Random(10_000 + seed)
-    pruner = ChannelPruner(model, (1, 3, 16, 16), round_to=rng.choice([1, 4]))
+    pruner = ChannelPruner(model, (1, 3, 16, 16), round_to=rng.choice([1, 4]), strict=strict)
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
     kept = pruner.kept_for(random_sparsities(pruner, rng))
     try:
@@ -335,17 +336,20 @@ def test_random_architectures_with_coupled_concat(seed):
     random_case(seed, hazard="coupled")
 
 
-def test_random_architectures_with_flattened_concat():
+def test_random_architectures_with_flattened_concat(caplog):
     """torch-pruning 1.6 merges the branches of a concat flattened into a Linear (no pooling):
-    ``analyse`` refuses such a net with a clear error; the others prune correctly."""
+    ``analyse`` leaves the units it maps wrongly dense, with a warning, and the rest of the net
+    prunes correctly; ``strict=True`` refuses such a net with a clear error."""
     refused = 0
     for seed in range(10):
+        random_case(seed, hazard="flatten")
         try:
-            random_case(seed, hazard="flatten")
+            random_case(seed, hazard="flatten", strict=True)
         except UnsupportedModuleError as exc:
             assert "channel pruning cannot follow this layout" in str(exc)
             refused += 1
     assert refused
+    assert "channel pruning cannot follow this layout" in caplog.text and "left dense" in caplog.text
 
 
 def concat_depthwise_net() -> nn.Module:
@@ -391,7 +395,7 @@ def test_concat_then_depthwise_cost_is_exact():
     assert pruner.cost.cost(kept) == thop_count(small, torch.zeros(1, 3, 16, 16))
 
 
-def test_concat_flattened_into_linear_is_refused():
+def test_concat_flattened_into_linear_is_left_dense_or_refused():
     """Minimal repro: stem -> pool to 4x4 -> cat[1x1 -> 4, 1x1-3x3 -> 4] -> flatten -> Linear(128).
 
     torch-pruning maps both branches to the first 64 inputs of the Linear; the probe sees 128.
@@ -401,7 +405,11 @@ def test_concat_flattened_into_linear_is_refused():
         Net([cbr(3, 8), nn.MaxPool2d(4), Concat(8, 4, 4)], [nn.Flatten(), nn.Linear(8 * 16, 3)]), 0
     )
     with pytest.raises(UnsupportedModuleError, match=r"layer 'head\.1' \(Linear\) reads 128 input features"):
-        ChannelPruner(net, (1, 3, 16, 16))
+        ChannelPruner(net, (1, 3, 16, 16), strict=True)
+    # By default the concatenated branches stay dense (a warning names the Linear), the rest prunes.
+    pruner = ChannelPruner(net, (1, 3, 16, 16))
+    assert pruner.unit_names == ["blocks.0.0", "blocks.2.b.0.0"]
+    check_equivalence(pruner, pruner.kept_for([0.5] * len(pruner.units)), torch.randn(2, 3, 16, 16))
     # With global pooling before the head the same concat prunes correctly.
     net = randomize(
         Net(
@@ -565,24 +573,30 @@ class Scaled(nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("layer", "type_name"),
-    [(nn.Conv2d(8, 8, 3, padding=1, groups=2), "Conv2d"), (Scaled(8), "Scaled")],
-    ids=["grouped-conv", "custom-parameter"],
+    ("layer", "width", "type_name"),
+    [(nn.Conv2d(8, 4, 3, padding=1, groups=4), 4, "Conv2d"), (Scaled(8), 8, "Scaled")],
+    ids=["one-output-per-group-conv", "custom-parameter"],
 )
-def test_unsupported_layer_is_named(layer, type_name):
+def test_unsupported_layer_is_named(layer, width, type_name, caplog):
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.ReLU(),
         layer,
+        nn.Conv2d(width, 8, 1),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(8, 2),
     )
     with pytest.raises(UnsupportedModuleError, match=rf"'2'.*{type_name}") as info:
-        analyse(model, (1, 3, 8, 8))
+        analyse(model, (1, 3, 8, 8), strict=True)
     assert isinstance(info.value, TypeError)
     with pytest.raises(UnsupportedModuleError):
-        ChannelPruner(model, (1, 3, 8, 8))
+        ChannelPruner(model, (1, 3, 8, 8), strict=True)
+    # By default the layer stays dense, with a warning naming it; the other unit still prunes.
+    pruner = ChannelPruner(model, (1, 3, 8, 8))
+    assert re.search(rf"layer '2'.*{type_name}.*left dense", caplog.text)
+    assert pruner.unit_names == ["3"]
+    check_equivalence(pruner, pruner.kept_for([0.5]), torch.randn(2, 3, 8, 8))
 
 
 # ---------------------------------------------------------------------------------------------

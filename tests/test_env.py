@@ -325,12 +325,14 @@ def test_unreachable_target_raises(backend):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="unknown metric 'energy'"):
+    with pytest.raises(ValueError, match="unknown budget metric 'energy'"):
         EnvConfig(metric="energy")
     with pytest.raises(ValueError, match="unknown mode"):
         EnvConfig(mode="blocks")
     with pytest.raises(ValueError, match="max_sparsity"):
         EnvConfig(max_sparsity=1.0)
+    with pytest.raises(ValueError, match=r"budget ratio must be in \(0, 1\]"):
+        EnvConfig(target=1.5)
 
 
 def test_stepping_after_the_end_raises(backend):

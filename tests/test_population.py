@@ -154,7 +154,7 @@ def test_search_with_an_ask_tell_searcher(tmp_path, name):
     rows = read_rows(run_dir / "episodes.csv")
     assert [int(r["episode"]) for r in rows] == list(range(1, 8))
     state = json.loads((run_dir / "state.json").read_text())
-    assert state["episodes"] == 7 and "searcher" in state and not (run_dir / "agent.zip").exists()
+    assert state["episodes"] == 7 and "searcher" in state and not (run_dir / "agent.pt").exists()
     sources = {f["source"] for f in json.loads((run_dir / "finalists.json").read_text())}
     assert sources == ({"episode", "uniform", "cem mean"} if name == "cem" else {"episode", "uniform"})
     events = load_events(run_dir)

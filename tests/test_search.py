@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from amc.agents.agent_file import load_agent
 from amc.agents.factory import AMCPolicy, ScaledAdam, load_preset, make_agent
 from amc.agents.search import (
     LATENCY_TOLERANCE,
@@ -32,6 +33,7 @@ from amc.envs.rewards import REWARDS
 from stable_baselines3 import DDPG
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from amc.budget import Budget
 from amc.cli import build_parser, main
 from amc.policy import Policy
 
@@ -113,7 +115,7 @@ def finished_run(tmp_path_factory, sample_cache) -> tuple[Path, dict]:
 def test_run_folder_contents(finished_run):
     run_dir, result = finished_run
     assert result["run_dir"] == str(run_dir) and result["episodes"] == 6
-    for name in ("config.yaml", "command.txt", "episodes.csv", "best_policy.json", "agent.zip"):
+    for name in ("config.yaml", "command.txt", "episodes.csv", "best_policy.json", "agent.pt", "agent.json"):
         assert (run_dir / name).is_file(), name
     for name in ("buffer.npz", "state.json"):
         assert (run_dir / name).is_file(), name
@@ -218,9 +220,10 @@ def test_latency_budget_is_corrected_by_the_measured_latency(monkeypatch):
     assert _meet_measured_latency(env, row) == {**row, "measured_latency": info["latency_ratio"]}
 
 
-def test_agent_zip_loads_with_ddpg(finished_run):
+def test_agent_file_rebuilds_the_ddpg_agent(finished_run):
     run_dir, _ = finished_run
-    agent = DDPG.load(run_dir / "agent.zip", device="cpu")
+    spec, agent = load_agent(run_dir / "agent.pt")
+    assert spec.algorithm == "ddpg" and isinstance(agent, DDPG)
     assert isinstance(agent.policy, AMCPolicy)
     assert isinstance(agent.critic.optimizer, ScaledAdam)
     assert agent.critic.optimizer.scale == pytest.approx(10.0)
@@ -299,14 +302,14 @@ def test_rollout_on_another_model(finished_run):
     run_dir, _ = finished_run
     config = tiny_env(model="plain20", target=0.4)
     torch.manual_seed(0)  # the untrained model's weights: the blends are chosen by its scores
-    policy = rollout_policy(run_dir / "agent.zip", config)
+    policy = rollout_policy(run_dir / "agent.pt", config)
     assert policy.model == "plain20" and policy.mode == "channel"
     assert len(policy.sparsities) == 19
     assert policy.ratios()["flops_ratio"] <= 0.4
     assert all(0.0 <= s <= 0.8 for s in policy.sparsities.values())
     # Deterministic actor: the same rollout again gives the same policy.
     torch.manual_seed(0)
-    assert rollout_policy(run_dir / "agent.zip", config, algo="ddpg").sparsities == policy.sparsities
+    assert rollout_policy(run_dir, config, algo="ddpg").sparsities == policy.sparsities  # the run folder
 
 
 def test_rollout_keeps_the_best_blend_with_uniform_on_the_search_images(finished_run):
@@ -314,7 +317,7 @@ def test_rollout_keeps_the_best_blend_with_uniform_on_the_search_images(finished
 
     def rollout(**kwargs):
         torch.manual_seed(0)  # the same untrained model every time
-        return rollout_policy(run_dir / "agent.zip", tiny_env(model="plain20"), **kwargs)
+        return rollout_policy(run_dir / "agent.pt", tiny_env(model="plain20"), **kwargs)
 
     bare = rollout(blends=())
     assert bare.metrics["actor_weight"] == 1.0
@@ -332,10 +335,10 @@ def test_rollout_keeps_the_best_blend_with_uniform_on_the_search_images(finished
 
 def test_rollout_errors(finished_run, tmp_path):
     run_dir, _ = finished_run
-    with pytest.raises(FileNotFoundError, match=r"agent\.zip"):
-        rollout_policy(tmp_path / "absent.zip", tiny_env())
-    with pytest.raises(ValueError, match="cannot load agent"):
-        rollout_policy(run_dir / "agent.zip", tiny_env(), algo="sac")
+    with pytest.raises(FileNotFoundError, match=r"agent\.pt"):
+        rollout_policy(tmp_path / "absent.pt", tiny_env())
+    with pytest.raises(ValueError, match=r"cannot load agent .* holds a ddpg agent, not sac"):
+        rollout_policy(run_dir / "agent.pt", tiny_env(), algo="sac")
 
 
 # --- resume --------------------------------------------------------------------------------------
@@ -487,9 +490,9 @@ def test_bad_target_exits_2_with_a_message(target, capsys):
 
 def test_target_parsing():
     args = build_parser().parse_args(["search", "--target", "params=0.3"])
-    assert args.target == ("params", 0.3)
-    assert build_parser().parse_args(["search", "--target", "none"]).target == ("flops", None)
-    assert build_parser().parse_args(["search"]).target == ("flops", 0.5)
+    assert args.target == Budget("params", 0.3)
+    assert build_parser().parse_args(["search", "--target", "none"]).target == Budget("flops", None)
+    assert build_parser().parse_args(["search"]).target == Budget("flops", 0.5)
 
 
 def fake_run(
@@ -557,14 +560,14 @@ def test_summarize_refuses_an_unfinished_run(tmp_path, capsys):
 
 def test_warm_start_from_an_earlier_agent(finished_run, tmp_path):
     run_dir, _ = finished_run
-    trained = DDPG.load(run_dir / "agent.zip", device="cpu")
+    _, trained = load_agent(run_dir / "agent.pt")
     env = PruningEnv(tiny_env())
     agent, _ = make_agent("ddpg", env, load_preset("ddpg", overrides={"batch_size": 8}), env.n, seed=5)
     assert not torch.equal(agent.actor.mu[0].weight, trained.actor.mu[0].weight)
-    warm_start(agent, run_dir / "agent.zip")
+    warm_start(agent, run_dir / "agent.pt")
     for name, tensor in trained.policy.state_dict().items():
         assert torch.equal(agent.policy.state_dict()[name], tensor), name
-    config = tiny_search(tmp_path, "warm", 2, agent_init=str(run_dir / "agent.zip"))
+    config = tiny_search(tmp_path, "warm", 2, agent_init=str(run_dir / "agent.pt"))
     del config.hp["warmup_episodes"]  # --agent-init makes the warm-up default 0
     result = run_search(config, progress=False)
     assert result["warmup"] == 0 and result["episodes"] == 2
@@ -575,15 +578,15 @@ def test_warm_start_from_an_earlier_agent(finished_run, tmp_path):
 def test_warm_start_errors(finished_run, tmp_path):
     run_dir, _ = finished_run
     with pytest.raises(FileNotFoundError, match=r"agent file .* does not exist"):
-        run_search(tiny_search(tmp_path, "a", 1, agent_init=str(tmp_path / "none.zip")), progress=False)
+        run_search(tiny_search(tmp_path, "a", 1, agent_init=str(tmp_path / "none.pt")), progress=False)
     with pytest.raises(
         ValueError,
-        match=r"cannot warm-start .* do not fit this sac agent; use an agent.zip saved by the same --agent",
+        match=r"cannot warm-start .* do not fit this sac agent; use an agent.pt saved by the same --agent",
     ):
         run_search(
-            tiny_search(tmp_path, "b", 1, agent="sac", agent_init=str(run_dir / "agent.zip")), progress=False
+            tiny_search(tmp_path, "b", 1, agent="sac", agent_init=str(run_dir / "agent.pt")), progress=False
         )
     with pytest.raises(ValueError, match="'cem' has no networks"):
         run_search(
-            tiny_search(tmp_path, "c", 1, agent="cem", agent_init=str(run_dir / "agent.zip")), progress=False
+            tiny_search(tmp_path, "c", 1, agent="cem", agent_init=str(run_dir / "agent.pt")), progress=False
         )

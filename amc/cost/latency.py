@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import re
 import time
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 
 from amc.cost._common import InputSize, eval_mode, example_input, model_dtype, on_device
 from amc.cost.flops import layer_costs
+from amc.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -557,9 +557,7 @@ class LatencyTable:
         data = {"key": self.key, "layers": [_layer_to_json(layer) for layer in self.layers.values()]}
         if self.calibration is not None:
             data["calibration"] = list(self.calibration)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from amc.data.base import (
+    NORMALIZATIONS,
     SPLITS,
     Dataset,
     DatasetError,
@@ -22,18 +23,22 @@ from amc.data.base import (
     split_train_search,
 )
 from amc.data.cifar import download_cifar, read_cifar
-from amc.data.folder import load_image_folder_cached
+from amc.data.folder import load_image_folder_cached, load_image_folder_sized
 from amc.data.mnist import read_mnist
+from amc.data.stream import ImageFiles, default_workers, split_loader
 
 __all__ = [
     "DATASETS",
+    "NORMALIZATIONS",
     "SPLITS",
     "Dataset",
     "DatasetError",
     "ImageArrays",
+    "ImageFiles",
     "iterate_batches",
     "load_dataset",
     "sample_path",
+    "split_loader",
 ]
 
 SAMPLE_ARCHIVE = "cifar10_sample.tar.gz"
@@ -87,12 +92,30 @@ DATASETS: dict[str, Callable[..., tuple[list[str], dict[str, ImageArrays], dict]
 }
 
 
+def check_loading_options(name: str, input_size: int | None, normalize: str) -> None:
+    """Refuse an input size or normalisation that ``load_dataset`` cannot honour."""
+    if normalize != "auto" and normalize not in NORMALIZATIONS:
+        raise DatasetError(f"unknown normalisation '{normalize}'; use auto, {', '.join(NORMALIZATIONS)}")
+    if input_size is None:
+        return
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise DatasetError(f"input size must be a whole number of pixels, got {input_size!r}")
+    if name != "folder":
+        raise DatasetError(
+            f"--input-size resizes image files: use it with --dataset folder, not '{name}' "
+            "(whose images keep their own size); drop --input-size"
+        )
+
+
 def load_dataset(
     name: str = "sample",
     data: str | Path | None = None,
     split_seed: int = 0,
     search_size: int = 5000,
     download: bool = False,
+    input_size: int | None = None,
+    normalize: str = "auto",
+    workers: int | None = None,
 ) -> Dataset:
     """Load a dataset by name and split it into ``train``, ``search`` and ``test``.
 
@@ -102,20 +125,58 @@ def load_dataset(
         split_seed: Seed of the search hold-out (keep it equal to the checkpoint's manifest).
         search_size: Number of training images held out for the search.
         download: Fetch the official CIFAR archive when it is not in ``data`` (needs a network).
+        input_size: ``folder`` only: read images of any size at this square input size
+            (evaluation: resize and centre crop; training: random-resized crop and flip,
+            streamed from the files). ``None``: the images' own size, which must be uniform.
+        normalize: ``auto`` (mean and standard deviation measured on the training images,
+            or on the search hold-out when they are streamed) or a preset of
+            :data:`NORMALIZATIONS` (``imagenet``, ``cifar10``).
+        workers: Worker processes that decode streamed images (``None``: ``min(4, CPUs)``).
 
     Returns:
         The dataset with its splits and normalisation statistics.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset '{name}'; known datasets: {', '.join(DATASETS)}")
-    classes, splits, meta = DATASETS[name](Path(data) if data is not None else None, download)
+    check_loading_options(name, input_size, normalize)
+    workers = default_workers() if workers is None else workers
+    path = Path(data) if data is not None else None
+    if input_size is None:
+        classes, splits, meta = DATASETS[name](path, download)
+    else:
+        classes, splits = load_image_folder_sized(_require(path, name), input_size, workers=workers)
+        meta = {}
     if "train" in splits and "search" not in splits:
         splits.update(split_train_search(splits["train"], search_size, split_seed))
-        mean, std = channel_stats(splits["train"].images)
+        if isinstance(splits["search"], ImageFiles):  # streamed training images: decode the hold-out once
+            splits["search"] = splits["search"].decode(workers)
+        # streamed training images are not all decoded: their search hold-out, a random sample, stands in
+        measured = splits["train"] if isinstance(splits["train"], ImageArrays) else splits["search"]
+        mean, std = None, None
     else:
+        measured = next(iter(splits.values()))
         mean, std = meta.get("mean"), meta.get("std")
-        if mean is None:
-            mean, std = channel_stats(next(iter(splits.values())).images)
         split_seed = meta.get("split_seed", split_seed)
+    if normalize != "auto":
+        mean, std = NORMALIZATIONS[normalize]
+        if len(mean) != measured.images.shape[-1]:
+            raise DatasetError(
+                f"normalisation '{normalize}' is for {len(mean)} channels but the images have "
+                f"{measured.images.shape[-1]}; use --normalize auto"
+            )
+    elif mean is None:
+        mean, std = channel_stats(measured.images)
     ordered = {s: splits[s] for s in SPLITS if s in splits}
-    return Dataset(name, classes, ordered, tuple(mean), tuple(std), split_seed, str(data or ""), meta)
+    return Dataset(
+        name,
+        classes,
+        ordered,
+        tuple(mean),
+        tuple(std),
+        split_seed,
+        str(data or ""),
+        meta,
+        input_size=input_size,
+        normalize=normalize,
+        workers=workers,
+    )

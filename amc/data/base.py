@@ -7,12 +7,22 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from amc.data.stream import ImageFiles
+
 SPLITS = ("train", "search", "test")
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+"""Normalisation presets: name -> (per-channel mean, standard deviation), in [0, 1].
+``auto`` (not listed) computes them from the data (:func:`channel_stats`)."""
 
 
 class DatasetError(ValueError):
@@ -50,20 +60,28 @@ class Dataset:
     Attributes:
         name: Short name used in manifests (``cifar10``, ``sample``, ...).
         classes: Class names, in label order.
-        splits: Split name -> images; a dataset may lack ``train`` (the bundled sample).
+        splits: Split name -> images; a dataset may lack ``train`` (the bundled sample). With
+            an input size, ``train`` may be :class:`~amc.data.stream.ImageFiles`, streamed.
         mean: Per-channel mean of the training images in [0, 1], used to normalise.
         std: Per-channel standard deviation, used to normalise.
         split_seed: Seed of the search/train split.
+        input_size: Side of the square input images were resized and cropped to (``None``:
+            the images' own size, with CIFAR-style pad-and-crop training augmentation).
+        normalize: Where ``mean``/``std`` come from: a :data:`NORMALIZATIONS` preset or ``auto``.
+        workers: Worker processes that decode streamed images.
     """
 
     name: str
     classes: list[str]
-    splits: dict[str, ImageArrays]
+    splits: dict[str, ImageArrays | ImageFiles]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     split_seed: int = 0
     source: str = ""
     extra: dict = field(default_factory=dict)
+    input_size: int | None = None
+    normalize: str = "auto"
+    workers: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +93,7 @@ class Dataset:
         """Image channels (3 for RGB, 1 for grayscale)."""
         return next(iter(self.splits.values())).images.shape[-1]
 
-    def split(self, name: str) -> ImageArrays:
+    def split(self, name: str) -> ImageArrays | ImageFiles:
         """Return one split by name, with an error that lists the available ones."""
         if name not in self.splits:
             raise DatasetError(
@@ -89,8 +107,15 @@ class Dataset:
             )
         return self.splits[name]
 
+    def tensors(self, name: str) -> tuple[Tensor, Tensor]:
+        """One split as normalised float images ``(N, C, H, W)`` and int64 labels."""
+        split = self.split(name)
+        return to_tensor(split.images, self.mean, self.std), torch.from_numpy(split.labels)
 
-def split_train_search(train: ImageArrays, search_size: int = 5000, seed: int = 0) -> dict[str, ImageArrays]:
+
+def split_train_search(
+    train: ImageArrays | ImageFiles, search_size: int = 5000, seed: int = 0
+) -> dict[str, ImageArrays | ImageFiles]:
     """Carve a seeded ``search`` hold-out out of the training images.
 
     Args:
@@ -159,8 +184,16 @@ def augment(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     return padded[torch.arange(n).view(n, 1, 1), rows, cols]
 
 
+def visit_order(length: int, shuffle: bool, generator: torch.Generator, limit: int | None = None) -> Tensor:
+    """The indices a pass over ``length`` images visits (see :func:`iterate_batches`)."""
+    n = length if limit is None else min(limit, length)
+    if shuffle:
+        return torch.randperm(length, generator=generator)[:n]
+    return torch.arange(n) * length // max(n, 1)
+
+
 def iterate_batches(
-    data: ImageArrays,
+    data: ImageArrays | ImageFiles,
     dataset: Dataset,
     batch_size: int = 128,
     shuffle: bool = False,
@@ -168,24 +201,32 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     limit: int | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield normalised ``(images, labels)`` batches from a split held in memory.
+    """Yield normalised ``(images, labels)`` batches from a split.
+
+    A split held in memory is batched here. Image files, and the training view of a dataset
+    with an input size (random-resized crop), go through :func:`amc.data.stream.split_loader`:
+    a ``DataLoader`` whose workers decode and transform the images.
 
     Args:
         data: The split's images.
         dataset: The dataset they belong to (normalisation statistics).
         batch_size: Images per batch.
         shuffle: Visit the images in a random order drawn from ``generator``.
-        augmented: Apply random crop and flip (training only).
+        augmented: Apply random crop and flip (training only): pad-and-crop at the images' own
+            size, random-resized crop with an input size.
         generator: Source of randomness for shuffling and augmentation.
         limit: Use only ``limit`` images: the first ones after shuffling, else evenly spaced
             ones (splits are often sorted by class; the first ``limit`` would miss classes).
     """
+    if not isinstance(data, ImageArrays) or (augmented and dataset.input_size is not None):
+        from amc.data.stream import split_loader, worker_errors  # stream imports this module
+
+        loader = split_loader(data, dataset, batch_size, shuffle, augmented, generator, limit)
+        yield from worker_errors(loader)
+        return
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    n = len(data) if limit is None else min(limit, len(data))
-    if shuffle:
-        order = torch.randperm(len(data), generator=gen)[:n]
-    else:
-        order = torch.arange(n) * len(data) // max(n, 1)
+    order = visit_order(len(data), shuffle, gen, limit)
+    n = len(order)
     images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]

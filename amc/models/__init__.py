@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from collections.abc import Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from amc.models.mobilenet import MobileNetV1, MobileNetV2
@@ -25,6 +25,7 @@ __all__ = [
     "MODELS",
     "CheckpointError",
     "ModelError",
+    "build_user_model",
     "create_model",
     "load_checkpoint",
     "model_factory",
@@ -65,6 +66,51 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     return factory
 
 
+def _signature(factory: Callable[..., object]) -> inspect.Signature | None:
+    """The builder's signature, or ``None`` for a callable without one (some builtins)."""
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+
+
+def build_user_model(
+    spec: str, factory: Callable[..., object], num_classes: int, width: float, in_channels: int
+) -> nn.Module:
+    """Call a user's builder with the arguments its signature accepts, and check it built a model.
+
+    ``num_classes`` goes to a builder that names it or takes ``**kwargs`` (torchvision and
+    timm builders pass it on); ``width`` and ``in_channels`` to one that names them, or
+    through ``**kwargs`` when they differ from 1.0 and 3.
+
+    Raises:
+        ModelError: A width other than 1.0 for a builder without a width argument, a builder
+            that needs other arguments, or one that returns something that is not a module.
+    """
+    signature = _signature(factory)
+    params = signature.parameters.values() if signature is not None else []
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = signature is None or any(p.kind is p.VAR_KEYWORD for p in params)
+    kwargs: dict[str, object] = {"num_classes": num_classes} if "num_classes" in named or var_kw else {}
+    for key, value, default in (("width", width, 1.0), ("in_channels", in_channels, 3)):
+        if key in named or (var_kw and value != default):
+            kwargs[key] = value
+    if width != 1.0 and "width" not in kwargs:
+        raise ModelError(f"'{spec}' takes no width argument, so it cannot build width {width}")
+    try:
+        if signature is not None:
+            signature.bind(**kwargs)
+    except TypeError as exc:
+        raise ModelError(f"cannot call '{spec}' with {', '.join(kwargs) or 'no arguments'}: {exc}") from exc
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"'{spec}' returned a {type(model).__name__}, not a torch.nn.Module; "
+            "--model package.module:function must name a function that builds the model"
+        )
+    return model
+
+
 def model_factory(name: str) -> Callable[..., nn.Module]:
     """The function that builds model ``name`` (a registry key or ``package.module:function``)."""
     if ":" in name:
@@ -99,13 +145,13 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path, strict: bool = Tru
         CheckpointError: The file is missing or unreadable, or a tensor does not fit; the
             message names the first mismatched tensor.
     """
+    from amc.files import WeightsError, load_weights
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        state = load_weights(path, "checkpoint")
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -154,7 +200,8 @@ def create_model(
 
     Args:
         name: A key of :data:`MODELS`, or ``package.module:function``. The latter imports the
-            user's module (running its code) and calls ``function(num_classes=..., width=...)``.
+            user's module (running its code) and calls the function with the arguments its
+            signature accepts (see :func:`build_user_model`).
         num_classes: Classifier outputs.
         width: Width multiplier (default: the checkpoint manifest's, else 1.0).
         checkpoint: A state-dict file to load, or ``"shipped"`` for the packaged checkpoint.
@@ -162,6 +209,9 @@ def create_model(
 
     Returns:
         The model in eval mode.
+
+    Raises:
+        ModelError: An unknown name, or a user builder that cannot build the model.
     """
     factory = model_factory(name)
     if checkpoint == "shipped":
@@ -169,7 +219,7 @@ def create_model(
     if width is None:
         width = read_manifest(checkpoint).get("width", 1.0) if checkpoint is not None else 1.0
     if ":" in name:
-        model = factory(num_classes=num_classes, width=width)
+        model = build_user_model(name, factory, num_classes, width, in_channels)
     else:
         model = factory(num_classes=num_classes, width=width, in_channels=in_channels)
     if checkpoint is not None:

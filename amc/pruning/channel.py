@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -56,6 +57,8 @@ class ChannelPruner:
         calibration: Images for least-squares reconstruction of consumer layers; ``None``
             disables reconstruction.
         positions: Sampled output positions per calibration image (reconstruction).
+        strict: Refuse a model with a layer that cannot be pruned; by default such a layer
+            is left dense, with a warning naming it (see :func:`~amc.pruning.units.analyse`).
     """
 
     def __init__(
@@ -66,11 +69,12 @@ class ChannelPruner:
         round_to: int = 1,
         calibration: Tensor | None = None,
         positions: int = 10,
+        strict: bool = False,
     ):
         self.model = model
         self.round_to = round_to
         self.criterion = criterion
-        self.graph: PruningGraph = analyse(model, input_shape)
+        self.graph: PruningGraph = analyse(model, input_shape, strict)
         self.units: list[PruningUnit] = self.graph.units
         self.cost = CostModel(self.graph)
         self.importance = [channel_importance(model, u, criterion) for u in self.units]
@@ -84,27 +88,43 @@ class ChannelPruner:
         """Unit names in execution order."""
         return [u.name for u in self.units]
 
-    def kept_for(self, sparsities: Sequence[float]) -> list[int]:
-        """Kept channels per unit for per-unit sparsities (in unit order).
+    def kept_at(self, index: int, sparsity: float) -> int:
+        """Kept channels of unit ``index`` at ``sparsity``.
 
-        A unit that joins several concatenated branches keeps at least one channel per branch.
+        A multiple of ``round_to`` and of the unit's tie size (a grouped conv keeps the same
+        channels in every group); a unit that joins several concatenated branches keeps at
+        least one channel per branch.
         """
+        u = self.units[index]
+        return max(kept_channels(u.channels, sparsity, math.lcm(self.round_to, u.tie_size)), len(u.segments))
+
+    def kept_for(self, sparsities: Sequence[float]) -> list[int]:
+        """Kept channels per unit for per-unit sparsities (in unit order); see :meth:`kept_at`."""
         if len(sparsities) != len(self.units):
             raise ValueError(f"expected {len(self.units)} sparsities (one per unit), got {len(sparsities)}")
-        return [
-            max(kept_channels(u.channels, s, self.round_to), len(u.segments))
-            for u, s in zip(self.units, sparsities, strict=True)
-        ]
+        return [self.kept_at(i, s) for i, s in enumerate(sparsities)]
 
     def removed_channels(self, kept: Sequence[int]) -> list[set[int]]:
-        """Root indices of the removed channels per unit: the least important of each segment."""
+        """Root indices of the removed channels per unit: the least important of each segment.
+
+        Tied channels (see :attr:`~amc.pruning.units.PruningUnit.ties`) go together, ranked by
+        their summed importance.
+
+        Raises:
+            ValueError: A unit's kept channels are not a multiple of its tie size.
+        """
         out = []
         for unit, k, imp, sizes in zip(self.units, kept, self.importance, self.cost.sizes, strict=True):
+            if k % unit.tie_size and k != unit.channels:
+                raise ValueError(
+                    f"unit '{unit.name}' ties its channels in sets of {unit.tie_size} (a grouped conv); "
+                    f"cannot keep {k}"
+                )
             removed: set[int] = set()
             for seg, keep in zip(unit.segments, split_kept(k, sizes), strict=True):
-                roots = torch.tensor(seg)
-                order = roots[torch.argsort(imp[roots], descending=True, stable=True)]
-                removed.update(int(i) for i in order[keep:])
+                classes = torch.tensor(unit.tie_classes(seg)) if unit.ties else torch.tensor(seg)[:, None]
+                order = torch.argsort(imp[classes].sum(1), descending=True, stable=True)
+                removed.update(classes[order[keep // classes.shape[1] :]].flatten().tolist())
             out.append(removed)
         return out
 
@@ -151,7 +171,7 @@ class ChannelPruner:
         self.reset()
         example = torch.zeros(self.graph.input_shape, device=next(pruned.parameters()).device)
         with torch.enable_grad():  # torch-pruning traces through autograd
-            graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
+            graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example, verbose=False)
         modules = dict(pruned.named_modules())
         for unit, rem in zip(self.units, removed, strict=True):
             if not rem:

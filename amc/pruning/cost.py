@@ -3,9 +3,10 @@
 Every layer's cost at full width is ultralytics-thop's count; pruning scales it by the
 fraction of its input and output features that remain. A unit's kept channels are spread
 over its segments by :func:`~amc.pruning.units.split_kept`, exactly as the pruner removes
-them. Dense convolutions and linear layers scale with both (``kept_in * kept_out``),
-everything else (BatchNorm, depthwise convs, pooling) with its channels. The result equals
-thop's count on the physically pruned model.
+them. Dense and grouped convolutions and linear layers scale with both (``kept_in *
+kept_out``; a grouped conv keeps the same channels in every group, so its groups stay
+whole), everything else (BatchNorm, depthwise convs, pooling) with its channels. The
+result equals thop's count on the physically pruned model.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class CostModel:
         """MACs and parameters of one layer when ``removed[s]`` channels of segment ``s`` are gone."""
         cin, kin, cout, kout = self._scales(info, removed)
         if info.mixing:
-            macs = info.macs // (cin * cout) * kin * kout
+            macs = info.macs * kin * kout // (cin * cout)
             params = sum(
-                n // (cin * cout) * kin * kout if k == "weight" else n // cout * kout
+                n * kin * kout // (cin * cout) if k == "weight" else n * kout // cout
                 for k, n in info.params.items()
             )
         else:

@@ -7,6 +7,17 @@ convolutions that carry the channels along, and the input channels of every cons
 listed in forward-execution order; the network's input channels and the classifier's
 outputs are never part of one.
 
+A grouped convolution is pruned as torch-pruning's own pruners do it: the same positions
+in every group. Its channels at one position of every group are *tied* (kept or removed
+together, see :attr:`PruningUnit.ties`), so every group keeps as many channels, at the same
+places, and the convolution keeps its number of groups.
+
+A layer that channel pruning cannot follow (a parameterised module of another type, a
+grouped convolution whose groups a unit cannot keep aligned, a layout the dependency graph
+maps wrongly) is left dense: :func:`analyse` drops every unit that touches it and logs a
+warning that names it; with ``strict=True`` it raises :class:`UnsupportedModuleError`
+instead.
+
 Besides the units, :func:`analyse` runs a *zero-propagation probe* once: on a randomised
 copy of the network it silences each unit in turn and records, for every leaf module, how
 many of its input and output channels went silent. That attribution turns FLOPs and
@@ -17,6 +28,8 @@ parameter counts into closed-form functions of each unit's kept channels (see
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +37,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from amc.cost.flops import layer_costs
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_PARAM_TYPES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
@@ -65,6 +80,10 @@ class PruningUnit:
             segment, unless a concatenation joins several branches into the unit (e.g. a
             depthwise conv or an addition after it). Each segment keeps its share of the
             kept channels (see :func:`split_kept`), so no branch is ever emptied.
+        ties: Root indices kept or removed together, all of one size: the same position in
+            every group of a grouped convolution. Empty when every channel is free.
+        param_owners: Layers outside ``items`` whose parameters torch-pruning ties to the
+            unit's channels (parameters of modules it has no pruning rule for).
     """
 
     index: int
@@ -81,6 +100,20 @@ class PruningUnit:
     consumers: list[str] = field(default_factory=list)
     items: list[UnitItem] = field(default_factory=list)
     segments: list[list[int]] = field(default_factory=list)
+    ties: list[list[int]] = field(default_factory=list)
+    param_owners: list[str] = field(default_factory=list)
+
+    @property
+    def tie_size(self) -> int:
+        """Channels kept or removed together; kept counts are multiples of it."""
+        return len(self.ties[0]) if self.ties else 1
+
+    def tie_classes(self, segment: list[int]) -> list[list[int]]:
+        """The tied channel sets within ``segment`` (single channels when nothing is tied)."""
+        if not self.ties:
+            return [[r] for r in segment]
+        members = set(segment)
+        return [t for t in self.ties if t[0] in members]
 
 
 def split_kept(kept: int, sizes: list[int]) -> list[int]:
@@ -150,32 +183,56 @@ class PruningGraph:
         raise KeyError(f"no pruning unit '{name}'; units: {', '.join(u.name for u in self.units)}")
 
 
+def _is_depthwise(module: nn.Module) -> bool:
+    """A depthwise conv: one input and one output channel per group (torch-pruning couples them)."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+def _is_grouped(module: nn.Module) -> bool:
+    """A grouped conv that is not depthwise: its input and output channels are pruned apart."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module)
+
+
 def _is_mixing(module: nn.Module) -> bool:
+    """Whether the layer's MACs and weights scale with both its kept inputs and kept outputs."""
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, nn.Conv2d) and module.groups == 1
+    return isinstance(module, nn.Conv2d) and not _is_depthwise(module)
 
 
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+def _width(module: nn.Module, is_output: bool) -> int:
+    """The layer's number of output (or input) channels."""
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels if is_output else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features if is_output else module.in_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    return module.weight.shape[0]
 
 
-def check_supported(model: nn.Module) -> None:
-    """Raise :class:`UnsupportedModuleError` for a layer with weights we cannot prune."""
+def unsupported_layers(model: nn.Module) -> dict[str, str]:
+    """Layers with weights that channel pruning cannot follow: qualified name -> why, naming it."""
+    out = {}
     for name, m in model.named_modules():
-        own = list(m.parameters(recurse=False))
-        if not own:
+        if not list(m.parameters(recurse=False)):
             continue
-        if isinstance(m, nn.Conv2d) and 1 < m.groups and not _is_depthwise(m):
-            raise UnsupportedModuleError(
-                f"layer '{name}' ({type(m).__name__}, groups={m.groups}) is a "
-                "grouped convolution; only dense and depthwise convs are supported"
-            )
         if not isinstance(m, SUPPORTED_PARAM_TYPES):
-            raise UnsupportedModuleError(
+            out[name] = (
                 f"layer '{name}' of type {type(m).__name__} has weights but no "
                 "channel-pruning rule; supported: Conv2d, Linear, BatchNorm"
             )
+        elif _is_grouped(m) and m.groups == m.out_channels:
+            out[name] = (
+                f"layer '{name}' ({type(m).__name__}, groups={m.groups}) is a grouped convolution "
+                f"with one output channel per group but {m.in_channels // m.groups} inputs; only "
+                "dense, depthwise and grouped convs with several outputs per group are supported"
+            )
+    return out
 
 
 def _leaf_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -213,6 +270,12 @@ def _group_items(group, graph: tp.DependencyGraph, names: dict[nn.Module, str]) 
                 UnitItem(names[mod], is_out, [int(i) for i in it.idxs], [int(i) for i in it.root_idxs])
             )
     return items
+
+
+def _param_owners(group, owners: dict[nn.Parameter, str]) -> list[str]:
+    """Layers owning the bare parameters (torch-pruning's "unwrapped" ones) in ``group``."""
+    found = {owners[m] for it in group if isinstance(m := it.dep.target.module, nn.Parameter) and m in owners}
+    return sorted(found)
 
 
 def _make_unit(items: list[UnitItem], modules: dict[str, nn.Module], order: list[str], shapes: dict):
@@ -253,18 +316,77 @@ def find_units(model: nn.Module, x: Tensor, shapes: dict) -> list[PruningUnit]:
     """Channel groups of ``model`` in execution order (classifier outputs excluded)."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
+    owners = {p: n for n, m in modules.items() for p in m.parameters(recurse=False)}
     order = list(shapes)
     heads = [n for n in reversed(order) if isinstance(modules[n], (nn.Conv2d, nn.Linear))][:1]
     with torch.enable_grad():  # torch-pruning traces through autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
     groups = graph.get_all_groups(
         ignored_layers=[modules[h] for h in heads], root_module_types=(nn.Conv2d, nn.Linear)
     )
-    units = [u for g in groups if (u := _make_unit(_group_items(g, graph, names), modules, order, shapes))]
+    units = []
+    for g in groups:
+        unit = _make_unit(_group_items(g, graph, names), modules, order, shapes)
+        if unit is not None:
+            unit.param_owners = _param_owners(g, owners)
+            units.append(unit)
     units.sort(key=lambda u: order.index(u.name))
+    _renumber(units)
+    return units
+
+
+def _renumber(units: list[PruningUnit]) -> None:
     for i, u in enumerate(units):
         u.index = i
-    return units
+
+
+def _tie_classes(unit: PruningUnit, modules: dict[str, nn.Module]) -> list[list[int]]:
+    """The unit's tied channels: root indices at the same position of every group of a grouped conv.
+
+    Raises:
+        UnsupportedModuleError: A grouped conv whose groups the unit cannot keep aligned: its
+            channels on that side are spread over several units, or the ties would not all
+            be of one size (e.g. the unit also carries channels the conv does not see).
+    """
+    parent = {r: r for r in range(unit.channels)}
+
+    def find(r: int) -> int:
+        while parent[r] != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    grouped = [i for i in unit.items if _is_grouped(modules[i.module])]
+    for item in grouped:
+        m = modules[item.module]
+        width = _width(m, item.is_output)
+        if sorted(item.idxs) != list(range(width)):
+            side = "output" if item.is_output else "input"
+            raise _grouped_error(
+                item.module, m, f"its {side} channels are split between unit '{unit.name}' and others"
+            )
+        first: dict[int, int] = {}
+        for idx, root in zip(item.idxs, item.root, strict=True):
+            other = first.setdefault(idx % (width // m.groups), root)
+            parent[find(root)] = find(other)
+    classes: dict[int, list[int]] = {}
+    for r in range(unit.channels):
+        classes.setdefault(find(r), []).append(r)
+    ties = sorted(classes.values())
+    if len(ties) == unit.channels:
+        return []
+    if len({len(t) for t in ties}) > 1 or len(unit.segments) > 1:
+        name = grouped[0].module
+        raise _grouped_error(name, modules[name], f"unit '{unit.name}' also carries channels it does not see")
+    return ties
+
+
+def _grouped_error(name: str, m: nn.Module, detail: str) -> UnsupportedModuleError:
+    return UnsupportedModuleError(
+        f"layer '{name}' ({type(m).__name__}, groups={m.groups}) is a grouped convolution whose "
+        f"groups cannot keep the same channels ({detail}); grouped convs are pruned when each "
+        "side's channels belong to one unit of their own"
+    )
 
 
 def zero_channels(model: nn.Module, unit: PruningUnit, removed: set[int]) -> None:
@@ -295,6 +417,8 @@ def _channel_activity(t: Tensor) -> Tensor:
 def _positivise(model: nn.Module, seed: int = 0) -> None:
     """Strictly positive weights (scaled by 1/fan-in), biases of +1 (added where missing), unit BatchNorms.
 
+    Other layers' own parameters become positive too.
+
     With positive inputs every activation is then positive, so a channel is exactly zero only
     when it belongs to the silenced unit: no ReLU can silence a channel by chance.
     """
@@ -310,6 +434,9 @@ def _positivise(model: nn.Module, seed: int = 0) -> None:
                 if m.affine:
                     m.weight.fill_(1.0)
                     m.bias.fill_(1.0)
+            else:  # a layer without a pruning rule: keep its weights from silencing channels
+                for p in m.parameters(recurse=False):
+                    p.copy_(0.5 + torch.rand(p.shape, generator=gen))
 
 
 def numbered_segments(units: list[PruningUnit]) -> list[tuple[int, list[int]]]:
@@ -373,47 +500,109 @@ def _mapping_error(module: str, m: nn.Module, unit: PruningUnit, detail: str) ->
     )
 
 
-def check_index_maps(units: list[PruningUnit], leaves: dict[str, nn.Module]) -> None:
-    """Every index torch-pruning maps a unit to must exist in its layer.
+def check_structure(
+    unit: PruningUnit, modules: dict[str, nn.Module], unsupported: dict[str, str]
+) -> list[list[int]]:
+    """Check what the dependency graph alone tells about ``unit``; returns its tie classes.
 
     Raises:
-        UnsupportedModuleError: Naming the layer whose mapping points past its channels.
+        UnsupportedModuleError: The unit reaches a layer in ``unsupported`` (as an item or
+            through the layer's bare parameters), a grouped conv it cannot keep aligned, or a
+            layer whose index map points past its channels.
     """
+    for name in [i.module for i in unit.items] + unit.param_owners:
+        if name in unsupported:
+            raise UnsupportedModuleError(unsupported[name])
+    for item in unit.items:
+        m = modules[item.module]
+        if not item.is_output and not _is_mixing(m):
+            continue
+        size = _width(m, item.is_output)
+        if item.idxs and max(item.idxs) >= size:
+            side = "output" if item.is_output else "input"
+            raise _mapping_error(item.module, m, unit, f"has {size} {side} channels, fewer than the mapping")
+    return _tie_classes(unit, modules)
+
+
+def check_probed(
+    unit: PruningUnit,
+    segments: list[int],
+    attribution: dict,
+    leaves: dict[str, nn.Module],
+    unsupported: dict[str, str],
+) -> None:
+    """Check ``unit`` against the zero-propagation probe (``segments``: its segment numbers).
+
+    A layer without a pruning rule must see none of the unit's channels go silent, and every
+    dense consumer must lose exactly the input features its index map says: torch-pruning's
+    maps are wrong in a few layouts (a concatenation flattened straight into a Linear layer
+    merges the branches), and pruning with them would break the network.
+
+    Raises:
+        UnsupportedModuleError: Naming the layer.
+    """
+    for name, message in unsupported.items():
+        seen_in, seen_out = attribution.get(name, ({}, {}))
+        if any(k in seen_in or k in seen_out for k in segments):
+            raise UnsupportedModuleError(message)
+    for item in unit.items:
+        m = leaves.get(item.module)
+        if item.is_output or m is None or not _is_mixing(m):
+            continue
+        seen = sum(attribution.get(item.module, ({}, {}))[0].get(k, 0) for k in segments)
+        if seen != len(item.idxs):
+            raise _mapping_error(
+                item.module, m, unit, f"reads {seen} input features, not the mapped {len(item.idxs)},"
+            )
+
+
+def _screen(
+    units: list[PruningUnit],
+    check: Callable[[PruningUnit], object],
+    strict: bool,
+    dense: dict[str, list[str]],
+) -> list[PruningUnit]:
+    """The units that pass ``check``; each failure's message collects in ``dense`` with its unit.
+
+    Raises:
+        UnsupportedModuleError: The first failure, if ``strict``.
+    """
+    passed = []
     for u in units:
-        for item in u.items:
-            m = leaves.get(item.module)
-            weight = getattr(m, "weight", None)
-            if weight is None or (not item.is_output and not _is_mixing(m)):
-                continue
-            size = weight.shape[0 if item.is_output else 1]
-            if item.idxs and max(item.idxs) >= size:
-                side = "output" if item.is_output else "input"
-                raise _mapping_error(item.module, m, u, f"has {size} {side} channels, fewer than the mapping")
+        try:
+            check(u)
+        except UnsupportedModuleError as exc:
+            if strict:
+                raise
+            dense.setdefault(str(exc), []).append(u.name)
+        else:
+            passed.append(u)
+    return passed
 
 
-def check_against_probe(units: list[PruningUnit], attribution: dict, leaves: dict[str, nn.Module]) -> None:
-    """Every consumer must lose exactly the input features the probe saw go silent with its unit.
-
-    torch-pruning's index maps are wrong in a few layouts (a concatenation flattened straight
-    into a Linear layer merges the branches); pruning with them would break the network.
-
-    Raises:
-        UnsupportedModuleError: Naming the consumer whose mapping disagrees with the probe.
-    """
-    segment_ids: dict[int, list[int]] = {}
+def _segment_ids(units: list[PruningUnit]) -> dict[int, list[int]]:
+    """Unit id -> the numbers of its segments in :func:`numbered_segments` order."""
+    out: dict[int, list[int]] = {}
     for k, (index, _) in enumerate(numbered_segments(units)):
-        segment_ids.setdefault(index, []).append(k)
-    for u in units:
-        segments = segment_ids.get(u.index, [])
-        for item in u.items:
-            m = leaves.get(item.module)
-            if item.is_output or m is None or not _is_mixing(m):
-                continue
-            seen = sum(attribution.get(item.module, ({}, {}))[0].get(k, 0) for k in segments)
-            if seen != len(item.idxs):
-                raise _mapping_error(
-                    item.module, m, u, f"reads {seen} input features, not the mapped {len(item.idxs)},"
-                )
+        out.setdefault(id(units[index]), []).append(k)
+    return out
+
+
+def _keep_attribution(attribution: dict, before: dict[int, list[int]], after: dict[int, list[int]]) -> dict:
+    """Renumber the probe's segment keys from the ``before`` units to the ``after`` ones (a subset)."""
+    new = {k: k2 for unit, ks in after.items() for k, k2 in zip(before[unit], ks, strict=True)}
+    return {
+        name: tuple({new[k]: n for k, n in side.items() if k in new} for side in entry)
+        for name, entry in attribution.items()
+    }
+
+
+def _warn_dense(dense: dict[str, list[str]], unsupported: dict[str, str]) -> None:
+    for message in [*dense, *(m for m in unsupported.values() if m not in dense)]:
+        units = dense.get(message, [])
+        names = ", ".join(map(repr, units))
+        left = f"unit{'s' * (len(units) > 1)} {names} not pruned" if units else "no unit reaches it"
+        log.warning("%s; left dense (%s; strict=True refuses the model instead)", message, left)
 
 
 def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
@@ -424,29 +613,62 @@ def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
     return macs
 
 
-def analyse(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> PruningGraph:
+def _prunable_units(
+    model: nn.Module, x: Tensor, shapes: dict, strict: bool
+) -> tuple[list[PruningUnit], dict[str, tuple[dict, dict]]]:
+    """The units channel pruning can follow, and the probe's attribution for them.
+
+    Units reaching a layer that cannot be pruned are dropped (the layer stays dense) and a
+    warning names the layer; with ``strict`` the first such layer raises instead.
+    """
+    unsupported = unsupported_layers(model)
+    if strict and unsupported:
+        raise UnsupportedModuleError(next(iter(unsupported.values())))
+    modules, leaves = dict(model.named_modules()), _leaf_modules(model)
+    dense: dict[str, list[str]] = {}
+
+    def structure(u: PruningUnit) -> None:
+        u.ties = check_structure(u, modules, unsupported)
+
+    units = _screen(find_units(model, x, shapes), structure, strict, dense)
+    for u in [u for u in units if len(u.ties) == 1]:
+        log.info("unit '%s' cannot lose a channel (a grouped conv ties them all); not a unit", u.name)
+        units.remove(u)
+    _renumber(units)
+    attribution = probe_attribution(model, units, torch.cat([x] * max(1, 4 // x.shape[0])))
+    watched = {n: m for n, m in unsupported.items() if n in leaves}
+    before = _segment_ids(units)
+    units = _screen(
+        units, lambda u: check_probed(u, before[id(u)], attribution, leaves, watched), strict, dense
+    )
+    _renumber(units)
+    _warn_dense(dense, unsupported)
+    return units, _keep_attribution(attribution, before, _segment_ids(units))
+
+
+def analyse(
+    model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32), strict: bool = False
+) -> PruningGraph:
     """Find the pruning units of ``model`` and the data its cost model needs.
 
     Args:
-        model: Any CNN built from Conv2d (dense or depthwise), Linear, BatchNorm and
-            parameter-free layers; residual additions and concatenations are handled.
+        model: Any CNN built from Conv2d (dense, depthwise or grouped), Linear, BatchNorm and
+            parameter-free layers; residual additions, concatenations and gates are handled.
+            Other layers with weights are left dense, with the units that reach them.
         input_shape: Shape of one example input batch.
+        strict: Refuse a model with a layer that cannot be pruned instead of leaving it dense.
 
     Raises:
-        UnsupportedModuleError: A layer with weights that cannot be channel-pruned, or a
-            layout whose channel mapping the dependency graph gets wrong.
+        UnsupportedModuleError: With ``strict``: a layer with weights that cannot be
+            channel-pruned, or a layout whose channel mapping the dependency graph gets wrong.
     """
-    check_supported(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     x = torch.rand(input_shape, generator=torch.Generator().manual_seed(0)).to(device) + 0.1
     shapes = _trace(model, x)
-    units = find_units(model, x, shapes)
+    units, attribution = _prunable_units(model, x, shapes, strict)
     leaves = _leaf_modules(model)
-    check_index_maps(units, leaves)
-    attribution = probe_attribution(model, units, torch.cat([x] * max(1, 4 // input_shape[0])))
-    check_against_probe(units, attribution, leaves)
     macs = _macs_by_module(model, tuple(input_shape))
     infos = {}
     for name, (in_shape, out_shape) in shapes.items():
