@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from amc.budget import MAX_SPARSITY
 from amc.policy import Policy
 from amc.pruning.channel import ChannelPruner
 from amc.scoring import Scorer
@@ -50,7 +51,7 @@ def _bisect(
 
 
 def solve_uniform(
-    pruner: ChannelPruner, target: float, cost: CostFn, max_sparsity: float = 0.95
+    pruner: ChannelPruner, target: float, cost: CostFn, max_sparsity: float = MAX_SPARSITY
 ) -> list[float]:
     """The single sparsity, applied to every unit, that meets ``target`` with the least pruning."""
     _check_target(target)
@@ -145,7 +146,11 @@ def sensitivity_policy(
 
 
 def fit_to_target(
-    pruner: ChannelPruner, raw: Sequence[float], target: float, cost: CostFn, max_sparsity: float = 0.8
+    pruner: ChannelPruner,
+    raw: Sequence[float],
+    target: float,
+    cost: CostFn,
+    max_sparsity: float = MAX_SPARSITY,
 ) -> list[float]:
     """Shift raw sparsities by one common offset (clipped to [0, max]) so the target is met."""
     raw_arr = np.asarray(raw, dtype=float)
@@ -164,7 +169,7 @@ def random_search_policy(
     target: float,
     metric: str = "flops",
     trials: int = 50,
-    max_sparsity: float = 0.8,
+    max_sparsity: float = MAX_SPARSITY,
     seed: int = 0,
     model: str = "",
 ) -> Policy:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 METRICS = ("flops", "params", "latency")
 """Budgeted resources: MACs, parameters, measured latency."""
+MAX_SPARSITY = 0.8
+"""Largest fraction of a unit's channels any policy removes (search, baselines, compare)."""
 
 
 class BudgetError(ValueError):

@@ -9,8 +9,7 @@ import torch
 
 from amc.benchmark import latency_prediction, pruning_speedup, selection_table
 from amc.data import load_dataset
-from amc.loading import resolve_checkpoint
-from amc.models import create_model
+from amc.models import create_model, resolve_checkpoint
 
 
 def _checkpoint(name: str, checkpoint: str) -> str | None:

@@ -38,6 +38,7 @@ from amc.baselines import (
     sensitivity_policy,
     uniform_policy,
 )
+from amc.budget import MAX_SPARSITY
 from amc.compare_report import Report, Result
 from amc.data import Dataset
 from amc.files import LOCK, write_json
@@ -82,7 +83,7 @@ class CompareConfig:
     targets: tuple[float, ...] = ()
     baselines: tuple[str, ...] = BASELINES
     trials: int = 30
-    max_sparsity: float = 0.8
+    max_sparsity: float = MAX_SPARSITY
     seed: int = 0
     finetune_epochs: int = 0
     finetune_lr: float = 0.01

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from torch import nn
 
 from amc.data import Dataset, load_dataset
-from amc.models import create_model, model_factory, read_manifest, shipped_checkpoint
+from amc.models import create_model, model_factory, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
-def resolve_checkpoint(model: str, checkpoint: str | Path | None) -> tuple[Path | None, dict]:
-    """Map ``shipped``/``none``/a path to a checkpoint file and its manifest (``{}`` if none)."""
-    if checkpoint in (None, "none"):
-        return None, {}
-    path = shipped_checkpoint(model) if checkpoint == "shipped" else Path(checkpoint)
-    return path, read_manifest(path)
+def _split_seed(given: int | None, manifest: dict) -> int:
+    trained = manifest.get("split_seed")
+    if given is not None and trained is not None and given != trained:
+        log.warning(
+            "split seed %d differs from the checkpoint's %d: the search split may hold images the "
+            "model was trained on, which flatters every score",
+            given,
+            trained,
+        )
+    return given if given is not None else (trained if trained is not None else 0)
 
 
 def load_model_and_data(
@@ -24,7 +31,7 @@ def load_model_and_data(
     width: float | None = None,
     dataset: str = "sample",
     data: str | Path | None = None,
-    split_seed: int = 0,
+    split_seed: int | None = None,
     search_size: int = 5000,
     download: bool = False,
     device: str = "cpu",
@@ -33,6 +40,9 @@ def load_model_and_data(
     workers: int | None = None,
 ) -> tuple[nn.Module, Dataset, float]:
     """The model (with its checkpoint) and dataset; split seed and width default to the manifest's.
+
+    An explicit ``split_seed`` wins over the manifest's, with a warning when they differ (the
+    search split may then hold images the checkpoint was trained on).
 
     So do the input size and the normalisation (``None``: the manifest's, else the images' own
     size and ``auto``); ``workers`` decode streamed images (:func:`~amc.data.load_dataset`).
@@ -45,7 +55,7 @@ def load_model_and_data(
     data_set = load_dataset(
         dataset,
         data,
-        manifest.get("split_seed", split_seed),
+        _split_seed(split_seed, manifest),
         search_size,
         download,
         input_size if input_size is not None else manifest.get("input_size"),

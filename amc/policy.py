@@ -245,7 +245,7 @@ def measure_cost(model: nn.Module, input_shape: tuple[int, ...], sparse: bool = 
     """MACs and parameters of ``model`` as it is, counted on the network (not read from a policy).
 
     With ``sparse`` (fine-grained pruning), zeroed weights of convolutions and linear layers
-    count as neither parameters nor MACs, as :class:`~amc.envs.backends.FineGrainedBackend`
+    count as neither parameters nor MACs, as :class:`~amc.backends.FineGrainedBackend`
     counts them.
     """
     from amc.cost import layer_costs

@@ -28,7 +28,7 @@ images about 30 % faster than in batches of 500, with bit-identical outputs."""
 
 @dataclass
 class ScoringConfig:
-    """How an episode is scored.
+    """How an episode is scored; its defaults are also :class:`~amc.envs.config.EnvConfig`'s.
 
     Attributes:
         images: Search-split images scored per episode.
@@ -44,11 +44,11 @@ class ScoringConfig:
         seed: Seed of the calibration sample.
     """
 
-    images: int = 2000
+    images: int = 1000
     selection_images: int = 0
     batch_size: int | None = None
-    recalibrate: bool = False
-    recalibration_images: int = 1024
+    recalibrate: bool = True
+    recalibration_images: int = 512
     calibration_images: int = 256
     seed: int = 0
 

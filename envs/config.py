@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from amc.envs.backends import ChannelBackend, FineGrainedBackend
 
-from amc.budget import Budget
+from amc.backends import ChannelBackend, FineGrainedBackend
+from amc.budget import MAX_SPARSITY, Budget
 from amc.loading import load_model_and_data
 from amc.pruning.channel import ChannelPruner
 from amc.scoring import (
@@ -23,8 +23,6 @@ from amc.scoring import (
 )
 
 log = logging.getLogger(__name__)
-RECALIBRATION_IMAGES = 512
-"""Images on which BatchNorm statistics are re-estimated before each score."""
 
 
 @dataclass
@@ -38,7 +36,7 @@ class EnvConfig:
         dataset: Dataset name (``sample`` is the bundled CIFAR-10 sample); ``python`` marks
             an environment over a model object and evaluation function (:func:`object_backend`).
         data: Dataset files, if the dataset needs them.
-        split_seed: Search hold-out seed (taken from the checkpoint manifest when present).
+        split_seed: Search hold-out seed (``None``: the checkpoint manifest's, else 0).
         search_size: Training images held out as the search split.
         download: Download the official CIFAR archive when missing.
         input_size: Read an image folder of any image size at this square input size
@@ -73,7 +71,7 @@ class EnvConfig:
     width: float | None = None
     dataset: str = "sample"
     data: str | None = None
-    split_seed: int = 0
+    split_seed: int | None = None
     search_size: int = 5000
     download: bool = False
     input_size: int | None = None
@@ -83,14 +81,14 @@ class EnvConfig:
     metric: str = "flops"
     target: float | None = 0.5
     reward: str = "acc"
-    max_sparsity: float = 0.8
+    max_sparsity: float = MAX_SPARSITY
     round_to: int = 1
     criterion: str = "l1"
     reconstruct: bool = True
-    recalibrate: bool = True
-    search_images: int = 1000
+    recalibrate: bool = ScoringConfig.recalibrate
+    search_images: int = ScoringConfig.images
     selection_images: int = 2000
-    calibration_images: int = 256
+    calibration_images: int = ScoringConfig.calibration_images
     latency_batch: int = 1
     device: str = "cpu"
     threads: int = 0
@@ -131,7 +129,7 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
         images=config.search_images,
         selection_images=config.selection_images,
         recalibrate=config.recalibrate,
-        recalibration_images=RECALIBRATION_IMAGES,
+        recalibration_images=ScoringConfig.recalibration_images,
     )
     scorer = Scorer(dataset, scoring, config.device)
     if config.mode == "finegrained":
@@ -157,7 +155,7 @@ def object_backend(
     The model is copied (the user's object is never changed). ``calibration`` inputs (a
     tensor or an iterable of batches) feed least-squares reconstruction (its first
     ``config.calibration_images``) and BatchNorm recalibration before each score (up to
-    :data:`RECALIBRATION_IMAGES`); without them both are off. Scores are normalised against
+    :data:`ScoringConfig.recalibration_images`); without them both are off. Scores are normalised against
     the dense model's (:class:`~amc.scoring.EvaluatorScorer`).
     """
     if config.mode != "channel":
@@ -168,7 +166,9 @@ def object_backend(
     shape = (1, *example_inputs.shape[1:])
     images = None
     if calibration is not None:
-        images = calibration_batch(calibration, max(config.calibration_images, RECALIBRATION_IMAGES))
+        images = calibration_batch(
+            calibration, max(config.calibration_images, ScoringConfig.recalibration_images)
+        )
         images = images.to(config.device)
     scorer = EvaluatorScorer(model, evaluate, selection, images if config.recalibrate else None)
     reconstruct = images[: config.calibration_images] if config.reconstruct and images is not None else None

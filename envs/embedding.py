@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from amc.envs.backends import UNIT_KINDS, UnitFeatures
+
+from amc.backends import UNIT_KINDS, UnitFeatures
 
 FEATURES = (
     "index",

@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
-from amc.envs.backends import ChannelBackend, FineGrainedBackend
 from amc.envs.config import EnvConfig, build_backend, object_backend
 from amc.envs.embedding import FEATURES, kind_flags, observation, rest_fractions, static_table
 from amc.envs.rewards import get_reward
 from amc.envs.wall import ActionWall
 from torch import nn
 
+from amc.backends import ChannelBackend, FineGrainedBackend
 from amc.baselines import TargetError, uniform_policy
 from amc.scoring import Evaluate
 

@@ -11,10 +11,10 @@ import torch
 from amc.agents.buffer import EpisodeRewardReplayBuffer
 from amc.agents.factory import AMCPolicy, ScaledAdam, load_preset, make_agent, parse_overrides
 from amc.agents.noise import DecayingTruncatedNormalNoise
-from amc.envs.backends import ChannelBackend
 from amc.envs.pruning_env import PruningEnv
 from stable_baselines3 import DDPG, SAC, TD3
 
+from amc.backends import ChannelBackend
 from amc.data import Dataset, ImageArrays
 from amc.models import create_model
 from amc.pruning.channel import ChannelPruner
@@ -303,7 +303,8 @@ def env() -> PruningEnv:
     )
     torch.manual_seed(0)
     backend = ChannelBackend(
-        ChannelPruner(create_model("resnet20", 4, 0.25)), Scorer(ds, ScoringConfig(images=16))
+        ChannelPruner(create_model("resnet20", 4, 0.25)),
+        Scorer(ds, ScoringConfig(images=16, recalibrate=False)),
     )
     return PruningEnv(backend=backend, target=0.5)
 

@@ -46,7 +46,7 @@ def pruner() -> ChannelPruner:
 
 @pytest.fixture(scope="module")
 def scorer(dataset) -> Scorer:
-    return Scorer(dataset, ScoringConfig(images=100))
+    return Scorer(dataset, ScoringConfig(images=100, recalibrate=False))
 
 
 def ratio(pruner: ChannelPruner, sparsities, metric: str = "flops") -> float:

@@ -7,12 +7,12 @@ import pytest
 import torch
 from amc.agents.factory import imitation_callback, load_preset
 from amc.agents.overhead import PARTS, episode_overhead
-from amc.envs.backends import ChannelBackend, FineGrainedBackend
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
 from conftest import randomize
 from torch import nn
 
+from amc.backends import ChannelBackend, FineGrainedBackend
 from amc.benchmark import PartTimer, fold_batchnorm, pruning_speedup, selection_table
 from amc.data import Dataset, ImageArrays
 from amc.models import create_model
@@ -43,7 +43,7 @@ def test_speedup_record_has_both_forms():
 
 
 def test_selection_table_on_the_shipped_resnet20(sample_dataset):
-    from amc.loading import resolve_checkpoint
+    from amc.models import resolve_checkpoint
 
     path, _ = resolve_checkpoint("resnet20", "shipped")
     table = selection_table(lambda: create_model("resnet20", checkpoint=path), sample_dataset, 0.5)
@@ -117,7 +117,9 @@ def test_overhead_episode_fails_when_recalibration_fails(monkeypatch):
 def test_overhead_refuses_finegrained_environments():
     torch.manual_seed(0)
     net = create_model("resnet20", width=0.25)
-    backend = FineGrainedBackend(net, Scorer(synthetic(), ScoringConfig(images=16)), (1, 3, 32, 32), "tiny")
+    backend = FineGrainedBackend(
+        net, Scorer(synthetic(), ScoringConfig(images=16, recalibrate=False)), (1, 3, 32, 32), "tiny"
+    )
     with pytest.raises(ValueError, match="channel"):
         episode_overhead(PruningEnv(EnvConfig(target=None), backend=backend), repeats=1)
 

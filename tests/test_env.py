@@ -11,7 +11,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from amc.envs.backends import ChannelBackend, FineGrainedBackend
 from amc.envs.config import EnvConfig
 from amc.envs.embedding import FEATURES
 from amc.envs.pruning_env import PruningEnv
@@ -19,6 +18,7 @@ from amc.envs.rewards import REWARDS, get_reward, register_reward
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from amc.backends import ChannelBackend, FineGrainedBackend
 from amc.data import Dataset, ImageArrays
 from amc.models import MODELS, create_model
 from amc.policy import Policy
@@ -46,14 +46,16 @@ def dataset() -> Dataset:
 def channel_backend(dataset: Dataset, model: str = "resnet20", width: float = 0.25, latency=None):
     torch.manual_seed(0)
     net = create_model(model, dataset.num_classes, width)
-    scorer = Scorer(dataset, ScoringConfig(images=32))
+    scorer = Scorer(dataset, ScoringConfig(images=32, recalibrate=False))
     return ChannelBackend(ChannelPruner(net), scorer, latency, model)
 
 
 def finegrained_backend(dataset: Dataset, model: str = "resnet20", width: float = 0.25):
     torch.manual_seed(0)
     net = create_model(model, dataset.num_classes, width)
-    return FineGrainedBackend(net, Scorer(dataset, ScoringConfig(images=32)), (1, 3, 32, 32), model)
+    return FineGrainedBackend(
+        net, Scorer(dataset, ScoringConfig(images=32, recalibrate=False)), (1, 3, 32, 32), model
+    )
 
 
 @pytest.fixture(scope="module")

@@ -283,3 +283,17 @@ def test_missing_checkpoint_raises_checkpoint_error(tmp_path):
 def test_missing_shipped_checkpoint_lists_what_is_shipped():
     with pytest.raises(CheckpointError, match="no shipped checkpoint for 'no-such-model'; shipped: "):
         shipped_checkpoint("no-such-model")
+
+
+def test_an_explicit_split_seed_wins_over_the_manifest_with_a_warning(caplog):
+    from amc.loading import _split_seed
+    from amc.models import resolve_checkpoint
+
+    path, manifest = resolve_checkpoint("resnet20", "shipped")
+    assert path is not None and "split_seed" in manifest
+    assert resolve_checkpoint("resnet20", "none") == (None, {})
+    trained = manifest["split_seed"]
+    assert _split_seed(None, manifest) == trained and _split_seed(None, {}) == 0
+    with caplog.at_level("WARNING"):
+        assert _split_seed(trained + 1, manifest) == trained + 1
+    assert "differs from the checkpoint's" in caplog.text

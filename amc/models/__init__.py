@@ -189,6 +189,18 @@ def load_state(model: nn.Module, state: dict, path: str | Path, strict: bool = T
     return model
 
 
+def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> tuple[Path | None, dict]:
+    """The one reading of a checkpoint argument: ``"shipped"``, ``"none"``/``None`` or a path.
+
+    Returns:
+        The checkpoint file (``None`` for none) and its manifest (``{}`` when it has none).
+    """
+    if checkpoint is None or str(checkpoint) == "none":
+        return None, {}
+    path = shipped_checkpoint(name) if str(checkpoint) == "shipped" else Path(checkpoint)
+    return path, read_manifest(path)
+
+
 def create_model(
     name: str,
     num_classes: int = 10,
@@ -204,7 +216,8 @@ def create_model(
             signature accepts (see :func:`build_user_model`).
         num_classes: Classifier outputs.
         width: Width multiplier (default: the checkpoint manifest's, else 1.0).
-        checkpoint: A state-dict file to load, or ``"shipped"`` for the packaged checkpoint.
+        checkpoint: A state-dict file to load, ``"shipped"`` for the packaged checkpoint, or
+            ``"none"``/``None`` (see :func:`resolve_checkpoint`).
         in_channels: Image channels.
 
     Returns:
@@ -214,10 +227,9 @@ def create_model(
         ModelError: An unknown name, or a user builder that cannot build the model.
     """
     factory = model_factory(name)
-    if checkpoint == "shipped":
-        checkpoint = shipped_checkpoint(name)
+    checkpoint, manifest = resolve_checkpoint(name, checkpoint)
     if width is None:
-        width = read_manifest(checkpoint).get("width", 1.0) if checkpoint is not None else 1.0
+        width = manifest.get("width", 1.0)
     if ":" in name:
         model = build_user_model(name, factory, num_classes, width, in_channels)
     else:
