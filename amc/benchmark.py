@@ -11,17 +11,17 @@
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from amc.baselines import cost_ratio_fn, solve_uniform, uniform_policy
 from amc.cost import measure_latency
 from amc.data.base import Dataset
+from amc.export import fold_batchnorm
 from amc.pruning.channel import ChannelPruner
 from amc.report import compare
 from amc.scoring import Scorer, ScoringConfig, calibration_images
@@ -151,37 +151,6 @@ def _uniform_pruned(model: nn.Module, target: float, input_hw: tuple[int, int], 
     pruner = ChannelPruner(model, (1, 3, *input_hw), round_to=round_to)
     kept = pruner.kept_for(solve_uniform(pruner, target, cost_ratio_fn(pruner, "flops")))
     return pruner, kept, pruner.export(kept)
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An inference copy of ``model`` with each BatchNorm folded into the conv that alone feeds it.
-
-    Uses ``torch.fx`` (the model must be symbolically traceable, as every zoo model is).
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    traced = fx.symbolic_trace(copy.deepcopy(model).eval())
-    modules = dict(traced.named_modules())
-    for node in list(traced.graph.nodes):
-        source = node.args[0] if node.args else None
-        if not (
-            node.op == "call_module"
-            and isinstance(modules[node.target], nn.BatchNorm2d)
-            and isinstance(source, fx.Node)
-            and source.op == "call_module"
-            and isinstance(modules[source.target], nn.Conv2d)
-            and len(source.users) == 1
-        ):
-            continue
-        parent, _, name = source.target.rpartition(".")
-        folded = fuse_conv_bn_eval(modules[source.target], modules[node.target])
-        setattr(traced.get_submodule(parent), name, folded)
-        node.replace_all_uses_with(source)
-        traced.graph.erase_node(node)
-    traced.graph.lint()
-    traced.delete_all_unused_submodules()
-    traced.recompile()
-    return traced
 
 
 def pruning_speedup(

@@ -55,7 +55,9 @@ def _add_data_args(p: argparse.ArgumentParser, default: str) -> None:
         "with train/<class>/* and test/<class>/*, or an MNIST idx folder",
     )
     p.add_argument("--download", action="store_true", help="download the official CIFAR archive if missing")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the search hold-out (default: 0)")
+    p.add_argument(
+        "--split-seed", type=int, help="seed of the search hold-out (default: the checkpoint's, else 0)"
+    )
     p.add_argument(
         "--search-size",
         type=int,
@@ -107,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "search", "test"],
         help="split to evaluate (default: %(default)s)",
     )
+    p.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="evaluate this ONNX model (e.g. pruned.onnx of amc apply --onnx) with onnxruntime: top-1 "
+        "and latency; the data settings still come from --model/--checkpoint (needs the onnx extra)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -151,12 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="distil from this trained model (checkpoint default: shipped; width from its manifest); "
         "repeat for an ensemble, whose mean logits teach",
     )
+    p.add_argument(
+        "--save-epochs",
+        type=epoch_list,
+        default=[],
+        metavar="K,K,...",
+        help="also save the weights after these epochs as epoch<K>.pt (for amc apply --rewind K)",
+    )
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
     add_parsers(sub, _add_model_args, _add_data_args)
     add_benchmark_parser(sub)
     return parser
+
+
+def epoch_list(text: str) -> list[int]:
+    """Parse ``1,2,5`` into epoch numbers (each at least 1)."""
+    try:
+        epochs = [int(e) for e in text.split(",")]
+    except ValueError:
+        epochs = []
+    if not epochs or min(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of epochs, e.g. 1,2,5")
+    return epochs
 
 
 def explicit_options(argv: list[str]) -> dict[str, str]:
@@ -197,12 +224,31 @@ def model_and_data(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``amc evaluate``: print accuracy and loss on one split."""
+    if args.onnx:
+        from amc.export import require_onnx
+
+        require_onnx()  # before the dataset is decoded
     model, dataset, _ = model_and_data(args)
-    metrics = evaluate(model, dataset, args.split, device=args.device)
     n = len(dataset.split(args.split))
+    if args.onnx:
+        return _evaluate_onnx(args, dataset, n)
+    metrics = evaluate(model, dataset, args.split, device=args.device)
     print(
         f"{args.model} on {dataset.name}/{args.split} ({n} images): top-1 {metrics['top1']:.2f} %  "
         f"top-5 {metrics['top5']:.2f} %  loss {metrics['loss']:.4f}"
+    )
+    return 0
+
+
+def _evaluate_onnx(args: argparse.Namespace, dataset, n: int) -> int:
+    """``amc evaluate --onnx``: top-1 and onnxruntime latency of an ONNX model on one split."""
+    from amc.data import iterate_batches
+    from amc.export import evaluate_onnx
+
+    metrics = evaluate_onnx(args.onnx, iterate_batches(dataset.split(args.split), dataset, 500))
+    print(
+        f"{args.onnx} on {dataset.name}/{args.split} ({n} images): top-1 {metrics['top1']:.2f} %  "
+        f"onnxruntime latency {metrics['latency_ms']:.3f} ms/image ({args.threads or 'all'} threads)"
     )
     return 0
 

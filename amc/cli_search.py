@@ -303,8 +303,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def check_apply_options(args: argparse.Namespace, out: Path) -> None:
     """Refuse ``amc apply`` options that cannot be honoured, before anything is pruned or written."""
-    if (args.distill or args.resume) and not args.finetune_epochs:
-        raise ValueError("--distill and --resume act on fine-tuning; add --finetune-epochs N (e.g. 5)")
+    if (args.distill or args.resume or args.steps > 1 or args.rewind) and not args.finetune_epochs:
+        raise ValueError(
+            "--distill, --resume, --steps and --rewind act on fine-tuning; add --finetune-epochs N (e.g. 5)"
+        )
+    if args.resume and (args.steps > 1 or args.rewind):
+        raise ValueError("--resume continues a one-step fine-tune; rerun --steps/--rewind into a new --out")
+    if args.rewind:
+        rewind_checkpoint(args)  # a missing file fails now, not after pruning
+    if args.onnx:
+        from amc.export import require_onnx
+
+        require_onnx()  # before anything is pruned
     if (out / "pruned.pt").exists():
         raise FileExistsError(
             f"{out} already holds a pruned model ({out / 'pruned.pt'}); choose another --out"
@@ -314,6 +324,18 @@ def check_apply_options(args: argparse.Namespace, out: Path) -> None:
         raise FileNotFoundError(f"nothing to resume: {state} does not exist")
     if state.exists() and not args.resume:
         raise FileExistsError(f"{out} holds an interrupted fine-tune; pass --resume to continue it")
+
+
+def rewind_checkpoint(args: argparse.Namespace) -> Path:
+    """The ``epoch<K>.pt`` file of ``--rewind K``: beside the ``--checkpoint`` of an ``amc train`` run."""
+    if args.checkpoint in (None, "none", "shipped"):
+        raise ValueError("--rewind needs --checkpoint <run>/model.pt of an amc train run with --save-epochs")
+    path = Path(args.checkpoint).parent / f"epoch{args.rewind}.pt"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--rewind {args.rewind}: {path} does not exist; train with amc train --save-epochs {args.rewind}"
+        )
+    return path
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -361,16 +383,27 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
         )
         teacher = model if args.distill else None  # apply_policy pruned a copy: model is still dense
         teachers = [{"model": args.model, "checkpoint": args.checkpoint}] if teacher else []
-        train(
-            pruned,
-            dataset,
-            config,
-            out / "finetune",
-            args.device,
-            manifest={"policy": policy.model, "teachers": teachers},
-            resume=args.resume,
-            teacher=teacher,
-        )
+        manifest = {"policy": policy.model, "teachers": teachers, "steps": args.steps, "rewind": args.rewind}
+        if args.steps > 1 or args.rewind or policy.mode == "finegrained":  # pruned weights stay zero
+            from amc.files import load_weights
+            from amc.iterative import prune_iteratively
+
+            state = load_weights(rewind_checkpoint(args), "rewind checkpoint") if args.rewind else None
+            pruned = prune_iteratively(
+                model,
+                policy,
+                shape,
+                dataset,
+                config,
+                out,
+                args.steps,
+                state,
+                args.device,
+                manifest=manifest,
+                teacher=teacher,
+            )
+        else:
+            train(pruned, dataset, config, out / "finetune", args.device, args.resume, manifest, teacher)
     metrics = evaluate(pruned, dataset, "test", device=args.device)
     if policy.mode == "finegrained":
         from amc.pruning.finegrained import export_sparse
@@ -393,8 +426,12 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
         "cost_before": measured.cost_before,
         "cost_after": measured.cost_after,
         "finetune_epochs": args.finetune_epochs,
+        "steps": args.steps,
+        "rewind": args.rewind,
         "distill": args.distill,
     }
+    if args.onnx:
+        result["onnx_max_abs_diff"] = _export_onnx(pruned, dataset, out / "pruned.onnx")
     write_json(out / "metrics.json", result)
     save_pruned(pruned, policy, out / "pruned.pt")  # last: pruned.pt marks a finished apply
     print(
@@ -402,6 +439,20 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
         f"FLOPs {result.get('flops_ratio', 1):.3f}, params {result.get('params_ratio', 1):.3f}; saved {out}"
     )
     return 0
+
+
+def _export_onnx(pruned, dataset, path: Path) -> float:
+    """Write ``pruned`` as ONNX, checked on 8 test images, and print the check; returns its largest diff."""
+    from amc.data import iterate_batches
+    from amc.export import export_onnx
+
+    images = next(iter(iterate_batches(dataset.split("test"), dataset, 8)))[0]
+    report = export_onnx(pruned, images, path)
+    print(
+        f"wrote {path} ({report.file_bytes / 1e6:.2f} MB, {100 * report.sparsity:.1f} % zero weights); "
+        f"onnxruntime vs PyTorch max |diff| {report.max_abs_diff:.2e}"
+    )
+    return report.max_abs_diff
 
 
 def _compare_costs(policy, measured) -> None:
@@ -536,6 +587,27 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args, add_data_args) 
         "--resume",
         action="store_true",
         help="continue an interrupted fine-tune in --out (same policy and options)",
+    )
+    p.add_argument(
+        "--steps",
+        type=whole(1),
+        default=1,
+        help="reach the policy in this many prune-then-fine-tune steps, --finetune-epochs split "
+        "among them (default: 1)",
+    )
+    p.add_argument(
+        "--rewind",
+        type=whole(1),
+        default=None,
+        metavar="EPOCH",
+        help="reset the kept weights to epoch<EPOCH>.pt beside --checkpoint (amc train --save-epochs) "
+        "before the final fine-tune (lottery ticket)",
+    )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write pruned.onnx (BatchNorm folded, checked against PyTorch with onnxruntime; "
+        "needs the onnx extra)",
     )
     p.set_defaults(func=cmd_apply)
 

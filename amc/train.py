@@ -16,7 +16,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -70,6 +70,8 @@ class TrainConfig:
         distill_weight: With a teacher: share of the distillation loss in the total loss (the
             rest is cross-entropy with the labels).
         distill_temperature: With a teacher: softmax temperature of the distillation loss.
+        save_epochs: Also save the weights after these epochs (1-based) as ``epoch<k>.pt``,
+            the early checkpoints that lottery-ticket rewinding resets pruned models to.
     """
 
     epochs: int = 50
@@ -89,8 +91,12 @@ class TrainConfig:
     swa_lr: float = 0.01
     distill_weight: float = 0.9
     distill_temperature: float = 4.0
+    save_epochs: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.save_epochs = sorted(set(self.save_epochs))
+        if any(not 1 <= e <= self.epochs for e in self.save_epochs):
+            raise ValueError(f"save_epochs={self.save_epochs} must lie between 1 and epochs={self.epochs}")
         if self.schedule not in ("cosine", "onecycle"):
             raise ValueError(f"unknown schedule '{self.schedule}'; use cosine or onecycle")
         if self.amp not in ("none", "bf16"):
@@ -397,6 +403,8 @@ def _train(
         }
         with atomic_path(state_file) as tmp:
             torch.save(checkpoint, tmp)
+        if epoch + 1 in config.save_epochs:
+            save_state(model, out / f"epoch{epoch + 1}.pt")
         write_json(out / "history.json", history, indent=1)
     if swa is not None:
         model.load_state_dict(swa.module.state_dict())
@@ -424,9 +432,14 @@ def _train(
         "versions": versions(),
     }
     write_json(out / "model.json", result)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    save_state(model, out / "model.pt")
     return result
+
+
+def save_state(model: nn.Module, path: Path) -> None:
+    """Write ``model``'s state dict (contiguous tensors) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
 
 
 def versions() -> dict[str, str]:

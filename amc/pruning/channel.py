@@ -143,10 +143,10 @@ class ChannelPruner:
             for k, v in self.model.state_dict().items():
                 v.copy_(self._dense[k])
 
-    def _pseudo_prune(self, kept: Sequence[int]) -> list[set[int]]:
+    def _pseudo_prune(self, kept: Sequence[int], removed: list[set[int]] | None = None) -> list[set[int]]:
         """Pseudo-prune in place from the dense weights; returns the removed root indices per unit."""
         self.reset()
-        removed = self.removed_channels(kept)
+        removed = self.removed_channels(kept) if removed is None else removed
         if self.reconstructor is not None:
             self.reconstructor.refit(self.model, self.units, removed)
         for u, r in zip(self.units, removed, strict=True):
@@ -159,14 +159,15 @@ class ChannelPruner:
         self._pseudo_prune(kept)
         return self.model
 
-    def export(self, kept: Sequence[int]) -> nn.Module:
+    def export(self, kept: Sequence[int], removed: list[set[int]] | None = None) -> nn.Module:
         """A new, physically smaller model equal in output to ``apply(kept)``; the model is reset.
 
         Cheap enough to run per episode (a copy, a trace and index selections): scoring the
         smaller model costs about its share of the dense FLOPs, where a pseudo-pruned one
-        costs as much as the dense network.
+        costs as much as the dense network. ``removed`` (root indices per unit, as
+        :meth:`removed_channels` gives them) replays an earlier choice instead of ranking.
         """
-        removed = self._pseudo_prune(kept)
+        removed = self._pseudo_prune(kept, removed)
         pruned = copy.deepcopy(self.model).eval()
         self.reset()
         example = torch.zeros(self.graph.input_shape, device=next(pruned.parameters()).device)
