@@ -120,6 +120,17 @@ def _make_vec_env(config: SearchConfig, first: PruningEnv, factory: EnvFactory) 
     return SubprocVecEnv([lambda: factory(env_config) for _ in range(config.envs)], start_method="spawn")
 
 
+def _config_yaml(config: SearchConfig) -> str:
+    """``config.yaml`` text of ``config`` (tuples, such as ``env.nm``, written as lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return yaml.safe_dump(plain(asdict(config)), sort_keys=False)
+
+
 def _hparams(config: SearchConfig, hp: dict[str, Any]) -> dict[str, Any]:
     """The run's flattened settings, for TensorBoard's text and HParams tabs."""
     settings = {
@@ -411,7 +422,7 @@ def run_search(config: SearchConfig, progress: bool = True, env_factory: EnvFact
         if (run_dir / "state.json").exists() or (run_dir / "episodes.csv").exists():
             raise FileExistsError(f"{run_dir} already holds a search; resume it with --resume {run_dir}")
         config.name = run_dir.name
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+        write_atomic(run_dir / "config.yaml", _config_yaml(config))
         write_atomic(run_dir / "command.txt", "")
         log_command(run_dir)
         return _start(config, run_dir, None, progress, env_factory)
@@ -446,7 +457,7 @@ def resume_search(
             if episodes < done:
                 raise RunFolderError(f"{run_dir} has run {done} episodes already; ask for {done} or more")
             config = dataclasses.replace(config, episodes=episodes)
-            write_atomic(run_dir / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+            write_atomic(run_dir / "config.yaml", _config_yaml(config))
         repair_episodes(run_dir / "episodes.csv", done)
         log_command(run_dir)
         log.info("resuming %s at episode %d", run_dir, done)

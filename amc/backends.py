@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -218,3 +218,63 @@ class FineGrainedBackend:
             cost_after={"macs": int(costs["flops_absolute"]), "params": int(costs["params_absolute"])},
             metrics=dict(metrics),
         )
+
+
+class NMBackend(FineGrainedBackend):
+    """N:M semi-structured pruning: per layer, apply the N:M pattern (sparsity ``1 - N/M``) or not.
+
+    A layer can take the pattern when its rows (``in/groups * kh * kw`` weights) split into
+    groups of M; other layers always stay dense. A unit's sparsity is a decision: any value
+    above 0 applies the pattern (:meth:`quantize` snaps it to ``1 - N/M``). Costs count only
+    nonzero weights, as :class:`FineGrainedBackend` does.
+
+    Args:
+        model: The dense network (prepared with weight masks in place).
+        scorer: Scores the masked model on the search split.
+        nm: The ``(N, M)`` pattern.
+        input_shape: Example input shape.
+        model_name: Recorded in policies.
+    """
+
+    mode = "nm"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scorer: Scorer,
+        nm: tuple[int, int] = (2, 4),
+        input_shape: tuple[int, ...] = (1, 3, 32, 32),
+        model_name: str = "",
+    ):
+        from amc.pruning.finegrained import nm_prunable, parse_nm
+
+        super().__init__(model, scorer, input_shape, model_name)
+        self.nm = parse_nm(nm)
+        self.nm_sparsity = 1.0 - self.nm[0] / self.nm[1]
+        modules = dict(model.named_modules())
+        self.prunable = np.array([nm_prunable(modules[n].weight, self.nm[1]) for n in self.layers])
+        log.debug("%d of %d layers can take %d:%d", self.prunable.sum(), len(self.layers), *self.nm)
+
+    def quantize(self, index: int, sparsity: float) -> float:
+        """``1 - N/M`` if ``sparsity`` > 0 chooses the pattern for a layer that can take it, else 0."""
+        return self.nm_sparsity if sparsity > 0 and self.prunable[index] else 0.0
+
+    def _effective(self, sparsities: Sequence[float]) -> np.ndarray:
+        chosen = (np.asarray(sparsities, dtype=np.float64) > 0) & self.prunable
+        return chosen * self.nm_sparsity
+
+    def costs(self, sparsities: Sequence[float]) -> dict[str, float]:
+        """Ratios and absolute values of nonzero-weight MACs and parameters for the chosen layers."""
+        return super().costs(self._effective(sparsities))
+
+    def score(self, sparsities: Sequence[float], on: str = "search") -> float:
+        """Top-1 accuracy (%) with the N:M masks of the chosen layers on the scorer's ``on`` images."""
+        chosen = dict(zip(self.layers, map(float, self._effective(sparsities)), strict=True))
+        self.masker.step(chosen, nm=self.nm)
+        with torch.no_grad():
+            return self.scorer.evaluate(self.model, on)
+
+    def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
+        """The N:M :class:`Policy`: the pattern, and ``1 - N/M`` for the chosen layers (0 for the rest)."""
+        effective = self._effective(sparsities)
+        return replace(super().policy(effective, **metrics), mode="nm", nm=list(self.nm))

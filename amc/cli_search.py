@@ -39,6 +39,16 @@ def whole(least: int):
     return parse
 
 
+def parse_nm_arg(text: str) -> tuple[int, int]:
+    """``--nm N:M`` as ``(N, M)``, with argparse's one-line error for anything else."""
+    from amc.pruning.finegrained import parse_nm
+
+    try:
+        return parse_nm(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_env_args(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that builds a pruning environment (defaults: ``EnvConfig``'s)."""
     from amc.envs.config import EnvConfig
@@ -54,8 +64,16 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode",
         default="channel",
-        choices=["channel", "finegrained"],
-        help="structured channel pruning or fine-grained magnitude pruning (default: %(default)s)",
+        choices=["channel", "finegrained", "nm"],
+        help="structured channel pruning, fine-grained magnitude pruning, or nm: per layer, keep the "
+        "N largest of every M consecutive weights or not (default: %(default)s)",
+    )
+    p.add_argument(
+        "--nm",
+        type=parse_nm_arg,
+        default=env.nm,
+        metavar="N:M",
+        help="pattern of --mode nm, e.g. 2:4 (default: 2:4)",
     )
     p.add_argument(
         "--reward",
@@ -139,6 +157,7 @@ def env_config(args: argparse.Namespace):
         normalize=args.normalize,
         workers=args.workers,
         mode=args.mode,
+        nm=args.nm,
         metric=metric,
         target=target,
         reward=reward,
@@ -364,6 +383,8 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
         policy = rollout_policy(args.agent, env_config(args))
     else:
         policy = Policy.load(args.policy)
+    if policy.mode == "nm" and args.finetune_epochs:
+        raise ValueError("fine-tuning keeps no N:M pattern yet; apply an nm policy without --finetune-epochs")
     model, dataset, _ = model_and_data(args)
     if args.finetune_epochs:
         dataset.split("train")  # no training split: fail now, not after pruning
@@ -414,7 +435,15 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
             f"stored size: dense {total['dense']:.2f} MB, CSR {total['csr']:.2f} MB, "
             f"bitmask {total['bitmask']:.2f} MB, file {size['file_bytes'] / 1e6:.2f} MB"
         )
-    sparse = policy.mode == "finegrained"
+    if policy.mode == "nm":
+        from amc.pruning.finegrained import nm_stored_size
+
+        nm_size = nm_stored_size(pruned, tuple(policy.nm))
+        print(
+            f"stored size: dense {nm_size['dense'] / 1e6:.2f} MB, {policy.nm[0]}:{policy.nm[1]} compressed "
+            f"{nm_size['total'] / 1e6:.2f} MB ({len(nm_size['compressed'])} layers, {nm_size['ratio']:.2f}x)"
+        )
+    sparse = policy.mode in ("finegrained", "nm")
     measured = replace(
         policy, cost_before=measure_cost(model, shape, sparse), cost_after=measure_cost(pruned, shape, sparse)
     )
@@ -431,7 +460,8 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
         "distill": args.distill,
     }
     if args.onnx:
-        result["onnx_max_abs_diff"] = _export_onnx(pruned, dataset, out / "pruned.onnx")
+        nm = tuple(policy.nm) if policy.mode == "nm" else None
+        result["onnx_max_abs_diff"] = _export_onnx(pruned, dataset, out / "pruned.onnx", nm)
     write_json(out / "metrics.json", result)
     save_pruned(pruned, policy, out / "pruned.pt")  # last: pruned.pt marks a finished apply
     print(
@@ -441,16 +471,17 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def _export_onnx(pruned, dataset, path: Path) -> float:
+def _export_onnx(pruned, dataset, path: Path, nm: tuple[int, int] | None = None) -> float:
     """Write ``pruned`` as ONNX, checked on 8 test images, and print the check; returns its largest diff."""
     from amc.data import iterate_batches
     from amc.export import export_onnx
 
     images = next(iter(iterate_batches(dataset.split("test"), dataset, 8)))[0]
-    report = export_onnx(pruned, images, path)
+    report = export_onnx(pruned, images, path, nm=nm)
+    compressed = f", {report.nm_bytes / 1e6:.2f} MB as N:M" if report.nm_bytes is not None else ""
     print(
-        f"wrote {path} ({report.file_bytes / 1e6:.2f} MB, {100 * report.sparsity:.1f} % zero weights); "
-        f"onnxruntime vs PyTorch max |diff| {report.max_abs_diff:.2e}"
+        f"wrote {path} ({report.file_bytes / 1e6:.2f} MB, {100 * report.sparsity:.1f} % zero weights"
+        f"{compressed}); onnxruntime vs PyTorch max |diff| {report.max_abs_diff:.2e}"
     )
     return report.max_abs_diff
 

@@ -103,6 +103,8 @@ class OnnxReport:
         file_bytes: Size of the file.
         sparsity: Fraction of exactly-zero Conv2d/Linear weights in the exported graph.
         stored: :func:`amc.pruning.stored_size` totals (bytes: dense, csr, bitmask, best).
+        nm_bytes: With an N:M pattern: bytes of the model with its N:M weights in compressed
+            form, values plus index metadata (:func:`amc.pruning.finegrained.nm_stored_size`).
     """
 
     path: Path
@@ -110,6 +112,7 @@ class OnnxReport:
     file_bytes: int
     sparsity: float
     stored: dict[str, int] = field(default_factory=dict)
+    nm_bytes: int | None = None
 
 
 def _as_tuple(example_inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -122,6 +125,7 @@ def export_onnx(
     path: str | Path,
     tolerance: float = ONNX_TOLERANCE,
     opset: int = ONNX_OPSET,
+    nm: tuple[int, int] | None = None,
 ) -> OnnxReport:
     """Write ``model`` (BatchNorm folded, masks squashed) as ONNX, check it and compare it with PyTorch.
 
@@ -135,9 +139,10 @@ def export_onnx(
         path: Output ``.onnx`` file.
         tolerance: Largest accepted absolute difference of the outputs.
         opset: ONNX operator set version.
+        nm: ``(N, M)`` of an N:M-pruned model: the report then gives its compressed size.
 
     Returns:
-        The report (path, largest difference, file size, sparsity, stored sizes).
+        The report (path, largest difference, file size, sparsity, stored sizes, N:M size).
 
     Raises:
         MissingExtraError: ``onnx`` or ``onnxruntime`` is not installed.
@@ -146,7 +151,7 @@ def export_onnx(
     require_onnx()
     import onnx
 
-    from amc.pruning.finegrained import sparsity, stored_size
+    from amc.pruning.finegrained import nm_stored_size, sparsity, stored_size
 
     inputs = tuple(x.detach().cpu() for x in _as_tuple(example_inputs))
     plain = squashed_copy(model).cpu()
@@ -166,7 +171,8 @@ def export_onnx(
             "the model uses an operation the ONNX exporter translates differently"
         )
     size = stored_size(plain)
-    return OnnxReport(path, diff, path.stat().st_size, sparsity(plain).overall, size["total"])
+    nm_bytes = nm_stored_size(plain, nm)["total"] if nm is not None else None
+    return OnnxReport(path, diff, path.stat().st_size, sparsity(plain).overall, size["total"], nm_bytes)
 
 
 def _torch_export(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:

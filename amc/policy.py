@@ -24,7 +24,7 @@ from amc.scoring import calibration_batch
 RECONSTRUCTION_IMAGES = 256
 """Calibration inputs used for least-squares reconstruction when applying a policy."""
 
-MODES = ("channel", "finegrained")
+MODES = ("channel", "finegrained", "nm")
 
 
 class PolicyError(ValueError):
@@ -54,7 +54,8 @@ class Policy:
 
     Attributes:
         sparsities: Unit (channel mode) or layer (fine-grained mode) name -> fraction removed.
-        mode: ``channel`` (structured) or ``finegrained`` (magnitude).
+        mode: ``channel`` (structured), ``finegrained`` (magnitude) or ``nm`` (N:M
+            semi-structured: the layers with sparsity ``1 - N/M`` take the pattern).
         criterion: Channel importance criterion (``l1`` or ``l2``).
         reconstruct: Whether consumers are refit by least squares.
         round_to: Kept channels are multiples of this.
@@ -66,6 +67,7 @@ class Policy:
         cost_before: ``{"macs": ..., "params": ...}`` of the dense model.
         cost_after: The same after pruning.
         metrics: Anything measured (accuracy, reward, ...).
+        nm: ``[N, M]`` of an ``nm`` policy (empty for other modes).
     """
 
     sparsities: dict[str, float]
@@ -80,6 +82,7 @@ class Policy:
     cost_before: dict[str, int] = field(default_factory=dict)
     cost_after: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    nm: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -96,6 +99,27 @@ class Policy:
         bad = {k: v for k, v in self.kept.items() if not _is_count(v)}
         if bad:
             raise PolicyError(f"kept channels must be whole numbers of at least 1: {bad}")
+        if self.mode == "nm":
+            self._check_nm()
+
+    def _check_nm(self) -> None:
+        """Refuse an ``nm`` policy without a valid pattern, or with sparsities other than 0 and 1 - N/M."""
+        from amc.pruning.finegrained import parse_nm
+
+        try:
+            n, m = parse_nm(self.nm)
+        except ValueError as exc:
+            raise PolicyError(f"an nm policy needs nm: [N, M]: {exc}") from None
+        self.nm = [n, m]
+        target = 1.0 - n / m
+        bad = {k: v for k, v in self.sparsities.items() if float(v) != 0 and abs(float(v) - target) > 1e-6}
+        if bad:
+            raise PolicyError(f"an {n}:{m} policy gives each layer sparsity 0 or {1 - n / m:g}: {bad}")
+
+    @property
+    def nm_layers(self) -> list[str]:
+        """The layers an ``nm`` policy applies its pattern to (empty for other modes)."""
+        return [k for k, v in self.sparsities.items() if float(v) > 0] if self.mode == "nm" else []
 
     def ratios(self) -> dict[str, float]:
         """Pruned/dense ratios of MACs and parameters (``flops_ratio``, ``params_ratio``)."""
@@ -154,7 +178,8 @@ def apply_policy(
     """Return a pruned copy of ``model`` according to ``policy`` (the model itself is not changed).
 
     Channel policies remove channels physically; fine-grained policies zero weights and fold
-    the masks in. ``calibration`` inputs (a tensor or an iterable of batches) enable
+    the masks in; N:M policies keep the N largest of every M weights of their chosen layers.
+    ``calibration`` inputs (a tensor or an iterable of batches) enable
     reconstruction when the policy asks for it. ``input_shape`` defaults to the policy's.
     ``strict`` refuses a model with a layer that cannot be pruned (by default it stays dense).
 
@@ -166,6 +191,14 @@ def apply_policy(
         from amc.pruning.finegrained import apply_finegrained
 
         return apply_finegrained(model, policy.sparsities)
+    if policy.mode == "nm":
+        from amc.pruning.finegrained import apply_nm
+
+        try:
+            return apply_nm(model, policy.nm_layers, tuple(policy.nm))
+        except (TypeError, ValueError) as exc:
+            pattern = f"{policy.nm[0]}:{policy.nm[1]}"
+            raise PolicyError(f"the {pattern} policy does not fit this model: {exc}") from exc
     if policy.reconstruct and calibration is None:
         raise PolicyError(
             "this policy uses reconstruction: pass calibration images (or set reconstruct=False)"

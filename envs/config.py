@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from amc.backends import ChannelBackend, FineGrainedBackend
+from amc.backends import ChannelBackend, FineGrainedBackend, NMBackend
 from amc.budget import MAX_SPARSITY, Budget
 from amc.loading import load_model_and_data
 from amc.pruning.channel import ChannelPruner
+from amc.pruning.finegrained import parse_nm
 from amc.scoring import (
     Evaluate,
     EvaluatorScorer,
@@ -44,7 +45,9 @@ class EnvConfig:
         normalize: ``auto``, ``imagenet`` or ``cifar10`` (``None``: the checkpoint
             manifest's, else ``auto``); see :func:`amc.data.load_dataset`.
         workers: Processes that decode streamed images (``None``: ``min(4, CPU count)``).
-        mode: ``channel`` (structured) or ``finegrained`` (magnitude).
+        mode: ``channel`` (structured), ``finegrained`` (magnitude) or ``nm`` (per layer:
+            apply the N:M pattern or not).
+        nm: ``(N, M)`` of ``nm`` mode (also given as ``"2:4"`` or a list).
         metric: Budgeted resource: ``flops``, ``params`` or ``latency``.
         target: Budget as a ratio of the dense cost; ``None`` disables the action wall.
         reward: Reward name (see :data:`amc.envs.rewards.REWARDS`).
@@ -78,6 +81,7 @@ class EnvConfig:
     normalize: str | None = None
     workers: int | None = None
     mode: str = "channel"
+    nm: tuple[int, int] = (2, 4)
     metric: str = "flops"
     target: float | None = 0.5
     reward: str = "acc"
@@ -96,8 +100,11 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         Budget(self.metric, self.target)  # one check of metric and ratio, raising BudgetError
-        if self.mode not in ("channel", "finegrained"):
-            raise ValueError(f"unknown mode '{self.mode}'; use channel or finegrained")
+        if self.mode not in ("channel", "finegrained", "nm"):
+            raise ValueError(f"unknown mode '{self.mode}'; use channel, finegrained or nm")
+        self.nm = parse_nm(self.nm)
+        if self.mode == "nm" and (self.metric == "latency" or self.reward == "acc_latency"):
+            raise ValueError("nm mode budgets flops or params; use --target params=... (no latency model)")
         if not 0.0 < self.max_sparsity < 1.0:
             raise ValueError(f"max_sparsity must be in (0, 1), got {self.max_sparsity}")
         for key, least in (("round_to", 1), ("search_images", 1), ("selection_images", 0)):
@@ -106,7 +113,7 @@ class EnvConfig:
                 raise ValueError(f"{key} must be a whole number of at least {least}, got {value!r}")
 
 
-def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
+def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend | NMBackend:
     """Load the model and data described by ``config`` and wrap them in a pruning backend."""
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -134,6 +141,8 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend:
     scorer = Scorer(dataset, scoring, config.device)
     if config.mode == "finegrained":
         return FineGrainedBackend(model, scorer, shape, config.model)
+    if config.mode == "nm":
+        return NMBackend(model, scorer, config.nm, shape, config.model)
     calibration = None
     if config.reconstruct:
         spare = scorer.spare_index

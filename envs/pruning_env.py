@@ -97,11 +97,19 @@ class PruningEnv(gym.Env):
         return observation(self.static, self.flags, self.rest, len(self._decided), reduced, prev)
 
     def to_sparsity(self, action: float) -> float:
-        """Map an action in [-1, 1] to a sparsity in [0, max_sparsity]."""
+        """Map an action in [-1, 1] to a sparsity in [0, max_sparsity].
+
+        In ``nm`` mode the action is a decision: above 0 applies the pattern (sparsity
+        ``1 - N/M``), otherwise the layer stays dense (0).
+        """
+        if self.backend.mode == "nm":
+            return self.backend.nm_sparsity if float(action) > 0 else 0.0
         return (float(np.clip(action, -1.0, 1.0)) + 1.0) / 2.0 * self.config.max_sparsity
 
     def to_action(self, sparsity: float) -> float:
-        """Inverse of :meth:`to_sparsity`."""
+        """Inverse of :meth:`to_sparsity` (``nm`` mode: 1 for an applied pattern, -1 for dense)."""
+        if self.backend.mode == "nm":
+            return 1.0 if sparsity > 0 else -1.0
         return 2.0 * sparsity / self.config.max_sparsity - 1.0
 
     def uniform_sparsities(self) -> list[float] | None:
@@ -162,6 +170,8 @@ class PruningEnv(gym.Env):
         sparsity = self.to_sparsity(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         if self.wall is not None:
             sparsity = self.wall.clamp(self._decided, sparsity)
+        if self.backend.mode == "nm":  # the wall may ask for a tiny sparsity: that means "apply"
+            sparsity = self.backend.quantize(len(self._decided), sparsity)
         self._decided.append(sparsity)
         info: dict[str, Any] = {
             "unit": self.units[len(self._decided) - 1].name,

@@ -54,7 +54,7 @@ def test_json_round_trip_keeps_every_field(tmp_path):
     data = json.loads(path.read_text())  # plain JSON with every dataclass field
     assert set(data) == {
         "sparsities", "mode", "criterion", "reconstruct", "round_to", "model", "signature",
-        "input_shape", "kept", "cost_before", "cost_after", "metrics",
+        "input_shape", "kept", "cost_before", "cost_after", "metrics", "nm",
     }  # fmt: skip
     assert data["kept"] == policy.kept and data["cost_after"] == policy.cost_after
     # saving again over an existing file replaces it

@@ -38,9 +38,14 @@ __all__ = [
     "FineGrainedConfig",
     "MagnitudePruner",
     "SparsityReport",
+    "apply_nm",
     "export_sparse",
     "load_sparse",
+    "nm_prunable",
+    "nm_stored_size",
+    "parse_nm",
     "prunable_weights",
+    "satisfies_nm",
     "sparsity",
     "stored_size",
 ]
@@ -587,4 +592,108 @@ def apply_finegrained(model: nn.Module, sparsities: Mapping[str, float]) -> nn.M
     pruner = MagnitudePruner(FineGrainedConfig(layers=tuple(sparsities)))
     pruner.prepare(pruned)
     pruner.step(dict(sparsities))
+    return pruner.squash(pruned)
+
+
+def parse_nm(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """An N:M pattern from ``"2:4"`` (or a pair), checked to be integers with ``0 < N < M``.
+
+    Raises:
+        ValueError: ``text`` is not ``N:M`` with integers ``0 < N < M``.
+    """
+    if isinstance(text, str):
+        parts = text.split(":")
+    else:
+        parts = list(text)
+    try:
+        if len(parts) != 2 or any(isinstance(p, (bool, float)) for p in parts):
+            raise ValueError
+        n, m = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"N:M pattern '{text}' is not two integers N:M; give e.g. 2:4") from None
+    if not 0 < n < m:
+        raise ValueError(f"N:M pattern '{n}:{m}' needs 0 < N < M; give e.g. 2:4")
+    return n, m
+
+
+def nm_prunable(weight: Tensor, m: int) -> bool:
+    """Whether each output row of ``weight`` (``in/groups * kh * kw`` weights) splits into groups of ``m``."""
+    return weight.dim() >= 2 and weight[0].numel() % m == 0
+
+
+def satisfies_nm(weight: Tensor, n: int, m: int) -> bool:
+    """Whether every group of ``m`` consecutive weights of each output row has at most ``n`` nonzeros.
+
+    Rows are the weight flattened to ``out x (in/groups * kh * kw)`` (PyTorch layout); a row
+    whose width is not a multiple of ``m`` does not satisfy the pattern.
+    """
+    if not nm_prunable(weight, m):
+        return False
+    groups = weight.detach().reshape(weight.shape[0], -1, m)
+    return bool(((groups != 0).sum(dim=2) <= n).all())
+
+
+def nm_stored_size(model: nn.Module, nm: tuple[int, int]) -> dict:
+    """Bytes needed to store the model with its N:M-sparse weights in compressed N:M form.
+
+    A Conv2d/Linear weight that satisfies the pattern (:func:`satisfies_nm`) is stored as its
+    ``N/M * numel`` kept float32 values plus ``ceil(log2 M)`` index bits per kept value (the
+    2-bit metadata of 2:4); every other weight is float32 dense and every other tensor
+    (biases, BatchNorm) dense at its own dtype size. Masked models are measured as if squashed.
+
+    Args:
+        model: A plain or masked model.
+        nm: The ``(N, M)`` pattern.
+
+    Returns:
+        ``{"layers": {name: bytes}, "compressed": [names stored as N:M], "other": int,
+        "total": int, "dense": int, "ratio": float}`` (``ratio``: float32 dense over ``total``).
+    """
+    n, m = parse_nm(nm)
+    bits = max(1, math.ceil(math.log2(m)))
+    state, weight_keys = _effective_state(model), _weight_keys(model)
+    layers: dict[str, int] = {}
+    compressed: list[str] = []
+    dense = other = 0
+    for key, value in state.items():
+        if key not in weight_keys:
+            other += value.numel() * value.element_size()
+            continue
+        name, numel = weight_keys[key], value.numel()
+        dense += _VALUE_BYTES * numel
+        if satisfies_nm(value, n, m):
+            kept = numel // m * n
+            layers[name] = _VALUE_BYTES * kept + math.ceil(kept * bits / 8)
+            compressed.append(name)
+        else:
+            layers[name] = _VALUE_BYTES * numel
+    total = other + sum(layers.values())
+    return {
+        "layers": layers,
+        "compressed": compressed,
+        "other": other,
+        "total": total,
+        "dense": other + dense,
+        "ratio": (other + dense) / total if total else 1.0,
+    }
+
+
+def apply_nm(model: nn.Module, layers: Iterable[str], nm: tuple[int, int]) -> nn.Module:
+    """A copy of ``model`` whose named layers keep the ``N`` largest of every ``M`` consecutive weights.
+
+    Raises:
+        ValueError: A layer is unknown, or its rows do not split into groups of ``M``.
+    """
+    n, m = parse_nm(nm)
+    pruned = copy.deepcopy(model)
+    chosen = _resolve_layers(pruned, layers)
+    for name, module in chosen.items():
+        if not nm_prunable(module.weight, m):
+            raise ValueError(
+                f"layer '{name}' has rows of {module.weight[0].numel()} weights, not a multiple of {m}; "
+                "leave it dense for this N:M pattern"
+            )
+    pruner = MagnitudePruner(FineGrainedConfig(layers=tuple(chosen)))
+    pruner.prepare(pruned)
+    pruner.step(dict.fromkeys(chosen, 1.0 - n / m), nm=(n, m))
     return pruner.squash(pruned)
