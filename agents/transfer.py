@@ -43,7 +43,11 @@ BLENDS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
 def rollout_policy(
-    agent_path: str | Path, config: EnvConfig, algo: str | None = None, blends: tuple[float, ...] = BLENDS
+    agent_path: str | Path,
+    config: EnvConfig,
+    algo: str | None = None,
+    blends: tuple[float, ...] = BLENDS,
+    env: PruningEnv | None = None,
 ) -> Policy:
     """Run the agent's deterministic actor on the model in ``config``; keep the best blend with uniform.
 
@@ -52,7 +56,8 @@ def rollout_policy(
     actor's actions, blended with the uniform policy's by each weight in ``blends``, are
     played (the action wall keeps the budget) and scored on the search images, as is the bare
     actor's; the best becomes the policy, its weight recorded as ``metrics["actor_weight"]``
-    (0: the uniform policy). ``blends=()`` keeps the bare actor.
+    (0: the uniform policy). ``blends=()`` keeps the bare actor. ``env``: an environment
+    already built for ``config`` (default: one is built from it).
 
     Raises:
         AgentFileError: The agent file is unsafe, damaged, of another algorithm than ``algo``,
@@ -62,7 +67,7 @@ def rollout_policy(
     spec, tensors = read_agent(agent_path)  # checked before the environment is built
     if algo and algo != spec.algorithm:
         raise AgentFileError(f"cannot load agent {agent_path}: it holds a {spec.algorithm} agent, not {algo}")
-    env = PruningEnv(config)
+    env = env if env is not None else PruningEnv(config)
     agent = build_agent(spec, tensors, agent_path)
     if env.observation_space.shape != agent.observation_space.shape:
         raise AgentFileError(

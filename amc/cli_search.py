@@ -377,15 +377,18 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
     from amc.scoring import calibration_images
     from amc.train import evaluate, recalibrate_bn_on
 
+    policy = None if args.agent else Policy.load(args.policy)  # a bad file fails before loading
+    model, dataset, _ = model_and_data(args)  # once: the agent's rollout prunes a copy
     if args.agent:
         from amc.agents.transfer import rollout_policy
+        from amc.envs.config import build_backend
+        from amc.envs.pruning_env import PruningEnv
 
-        policy = rollout_policy(args.agent, env_config(args))
-    else:
-        policy = Policy.load(args.policy)
+        config = env_config(args)
+        env = PruningEnv(config, backend=build_backend(config, loaded=(model, dataset)))
+        policy = rollout_policy(args.agent, config, env=env)
     if policy.mode == "nm" and args.finetune_epochs:
         raise ValueError("fine-tuning keeps no N:M pattern yet; apply an nm policy without --finetune-epochs")
-    model, dataset, _ = model_and_data(args)
     if args.finetune_epochs:
         dataset.split("train")  # no training split: fail now, not after pruning
     shape = (1, dataset.in_channels, *dataset.split("test").images.shape[1:3])

@@ -11,6 +11,7 @@ import torch
 
 from amc.backends import ChannelBackend, FineGrainedBackend, NMBackend
 from amc.budget import MAX_SPARSITY, Budget
+from amc.data import Dataset
 from amc.loading import load_model_and_data
 from amc.pruning.channel import ChannelPruner
 from amc.pruning.finegrained import parse_nm
@@ -113,10 +114,7 @@ class EnvConfig:
                 raise ValueError(f"{key} must be a whole number of at least {least}, got {value!r}")
 
 
-def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend | NMBackend:
-    """Load the model and data described by ``config`` and wrap them in a pruning backend."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+def _load(config: EnvConfig) -> tuple[torch.nn.Module, Dataset]:
     model, dataset, _ = load_model_and_data(
         config.model,
         config.checkpoint,
@@ -131,6 +129,20 @@ def build_backend(config: EnvConfig) -> ChannelBackend | FineGrainedBackend | NM
         config.normalize,
         config.workers,
     )
+    return model, dataset
+
+
+def build_backend(
+    config: EnvConfig, loaded: tuple[torch.nn.Module, Dataset] | None = None
+) -> ChannelBackend | FineGrainedBackend | NMBackend:
+    """Load the model and data described by ``config`` and wrap them in a pruning backend.
+
+    ``loaded``: the model and dataset ``config`` describes, already loaded by the caller (the
+    model is copied, so the caller's stays dense).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, dataset = (copy.deepcopy(loaded[0]), loaded[1]) if loaded is not None else _load(config)
     shape = (1, dataset.in_channels, *dataset.split("search").images.shape[1:3])
     scoring = ScoringConfig(
         images=config.search_images,

@@ -312,6 +312,26 @@ def test_rollout_on_another_model(finished_run):
     assert rollout_policy(run_dir, config, algo="ddpg").sparsities == policy.sparsities  # the run folder
 
 
+def test_apply_with_an_agent_loads_model_and_data_once(finished_run, tmp_path, monkeypatch):
+    import amc.envs.config
+
+    import amc.cli
+
+    run_dir, _ = finished_run
+    real, calls = amc.cli.load_model_and_data, []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(amc.cli, "load_model_and_data", counted)
+    monkeypatch.setattr(amc.envs.config, "load_model_and_data", counted)
+    argv = ["apply", "--agent", str(run_dir / "agent.pt"), "--model", "resnet20", "--checkpoint", "none"]
+    argv += ["--width", "0.25", "--search-images", "32", "--threads", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert calls == ["resnet20"] and (tmp_path / "out" / "pruned.pt").is_file()
+
+
 def test_rollout_keeps_the_best_blend_with_uniform_on_the_search_images(finished_run):
     run_dir, _ = finished_run
 
