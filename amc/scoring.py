@@ -8,6 +8,7 @@ split is never touched here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -229,7 +230,7 @@ class EvaluatorScorer:
             raise ValueError(f"no {on} evaluation was given")
         with torch.no_grad():
             value = float(fn(model.eval()))
-        if value != value:  # NaN
+        if math.isnan(value):
             raise ValueError(f"the {on} evaluation returned NaN")
         return value
 

@@ -26,6 +26,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path_factory.mktemp("amc-cache")))
 
 
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One cache folder per test module, so the bundled sample is decoded once per module."""
+    return tmp_path_factory.mktemp("sample-cache")
+
+
+@pytest.fixture
+def shared_sample_cache(_isolated_cache: None, sample_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point $AMC_CACHE_DIR at the module's cache (use with ``pytest.mark.usefixtures``)."""
+    monkeypatch.setenv("AMC_CACHE_DIR", str(sample_cache))
+
+
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     """The bundled CIFAR-10 sample (decoding its 7000 JPEGs takes ~2 s, so once per session)."""

@@ -128,14 +128,7 @@ def leftovers(folder: Path) -> list[str]:
 # --- the search ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sample_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("sample-cache")
-
-
-@pytest.fixture(autouse=True)
-def _shared_sample_cache(_isolated_cache, sample_cache, monkeypatch) -> None:
-    monkeypatch.setenv("AMC_CACHE_DIR", str(sample_cache))
+pytestmark = pytest.mark.usefixtures("shared_sample_cache")  # one decoded sample per module
 
 
 def search_config(runs: Path) -> SearchConfig:

@@ -54,14 +54,7 @@ TINY = ["--model", "resnet20", "--checkpoint", "none", "--width", "0.25", "--thr
 """An untrained width-0.25 ResNet-20 on the bundled sample: the cheapest model the CLI builds."""
 
 
-@pytest.fixture(scope="module")
-def sample_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("sample-cache")
-
-
-@pytest.fixture(autouse=True)
-def _shared_sample_cache(_isolated_cache, sample_cache, monkeypatch) -> None:
-    monkeypatch.setenv("AMC_CACHE_DIR", str(sample_cache))
+pytestmark = pytest.mark.usefixtures("shared_sample_cache")  # one decoded sample per module
 
 
 def tiny_search(runs_dir: Path, name: str, episodes: int = 3, **overrides) -> SearchConfig:

@@ -47,15 +47,7 @@ CSV_COLUMN = {
 }
 
 
-@pytest.fixture(scope="module")
-def sample_cache(tmp_path_factory) -> Path:
-    """One decoded copy of the bundled sample for this module (decoding it takes seconds)."""
-    return tmp_path_factory.mktemp("sample-cache")
-
-
-@pytest.fixture(autouse=True)
-def _shared_sample_cache(_isolated_cache, sample_cache, monkeypatch) -> None:
-    monkeypatch.setenv("AMC_CACHE_DIR", str(sample_cache))
+pytestmark = pytest.mark.usefixtures("shared_sample_cache")  # one decoded sample per module
 
 
 def tiny_env(**overrides) -> EnvConfig:
