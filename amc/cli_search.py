@@ -387,8 +387,6 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
         config = env_config(args)
         env = PruningEnv(config, backend=build_backend(config, loaded=(model, dataset)))
         policy = rollout_policy(args.agent, config, env=env)
-    if policy.mode == "nm" and args.finetune_epochs:
-        raise ValueError("fine-tuning keeps no N:M pattern yet; apply an nm policy without --finetune-epochs")
     if args.finetune_epochs:
         dataset.split("train")  # no training split: fail now, not after pruning
     shape = (1, dataset.in_channels, *dataset.split("test").images.shape[1:3])
@@ -408,7 +406,7 @@ def _apply(args: argparse.Namespace, out: Path) -> int:
         teacher = model if args.distill else None  # apply_policy pruned a copy: model is still dense
         teachers = [{"model": args.model, "checkpoint": args.checkpoint}] if teacher else []
         manifest = {"policy": policy.model, "teachers": teachers, "steps": args.steps, "rewind": args.rewind}
-        if args.steps > 1 or args.rewind or policy.mode == "finegrained":  # pruned weights stay zero
+        if args.steps > 1 or args.rewind or policy.mode != "channel":  # pruned weights stay zero
             from amc.files import load_weights
             from amc.iterative import prune_iteratively
 

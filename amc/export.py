@@ -209,6 +209,28 @@ def run_onnx(path_or_session, images: np.ndarray) -> np.ndarray:
     return session.run(None, {name: np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
+def onnx_latency_ms(
+    path_or_session,
+    input_size: tuple[int, ...],
+    warmup: int = 3,
+    repeats: int = 20,
+    threads: int | None = None,
+) -> float:
+    """Median onnxruntime latency (ms) of a batch of ``input_size`` random inputs, after ``warmup`` runs."""
+    session = path_or_session
+    if isinstance(session, (str, Path)):
+        session = onnx_session(session, threads)
+    x = np.random.default_rng(0).standard_normal(input_size, dtype=np.float32)
+    for _ in range(warmup):
+        run_onnx(session, x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_onnx(session, x)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
 def evaluate_onnx(
     path: str | Path, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], repeats: int = 20
 ) -> dict[str, float]:
@@ -230,10 +252,5 @@ def evaluate_onnx(
         first = x[:1].numpy() if first is None else first
     if first is None:
         raise ValueError("no images to evaluate the ONNX model on")
-    run_onnx(session, first)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_onnx(session, first)
-        times.append(time.perf_counter() - start)
-    return {"top1": 100.0 * correct / count, "images": count, "latency_ms": 1000 * float(np.median(times))}
+    latency = onnx_latency_ms(session, first.shape, warmup=1, repeats=repeats)
+    return {"top1": 100.0 * correct / count, "images": count, "latency_ms": latency}

@@ -5,8 +5,9 @@ Step ``k`` of ``K`` prunes to the policy's sparsities scaled by ``k/K``, ranking
 step reaches the policy exactly. Rewinding (Frankle et al. 2019) resets the kept weights to
 an early checkpoint of the dense training before the final retraining.
 
-Channel policies remove channels physically at every step; fine-grained policies zero
-weights, which stay exactly zero while fine-tuning (their gradients are masked).
+Channel policies remove channels physically at every step; fine-grained and N:M policies zero
+weights, which stay exactly zero while fine-tuning (their gradients are masked), so an N:M
+model keeps its pattern.
 """
 
 from __future__ import annotations
@@ -96,11 +97,13 @@ def _channel_step(
     return pruner.export(counts, removed), removed
 
 
-def _finegrained_step(model: nn.Module, sparsities: Mapping[str, float]) -> tuple[nn.Module, dict]:
-    """Zero the smallest current weights of each layer; returns the plain model and its keep-masks."""
+def _finegrained_step(
+    model: nn.Module, sparsities: Mapping[str, float], nm: tuple[int, int] | None = None
+) -> tuple[nn.Module, dict]:
+    """Zero the smallest current weights of each layer (``nm``: in N:M groups); the model and masks."""
     pruner = MagnitudePruner()
     pruner.prepare(model)
-    pruner.step(dict(sparsities))  # the weights of earlier steps are zero: they rank first
+    pruner.step(dict(sparsities), nm=nm)  # the weights of earlier steps are zero: they rank first
     masks = {name: mask.clone() for name, mask in pruner.masks.items() if name in sparsities}
     return pruner.squash(model), masks
 
@@ -115,7 +118,7 @@ def rewind(
     """
     early = copy.deepcopy(dense)
     load_state(early, state, "the rewind checkpoint")
-    if policy.mode == "finegrained":
+    if policy.mode != "channel":
         layers = prunable_weights(early)
         with torch.no_grad():
             for name, mask in schedule.masks.items():
@@ -157,6 +160,8 @@ def prune_iteratively(
     Returns:
         The pruned, fine-tuned model.
     """
+    if policy.mode == "nm" and steps > 1:
+        raise ValueError("an N:M pattern has one sparsity and is reached in one step: use --steps 1")
     out = Path(out)
     epochs = split_epochs(config.epochs, steps)
     schedule = PruningSchedule([], [], {})
@@ -174,7 +179,8 @@ def prune_iteratively(
             schedule.kept.append(target)
             schedule.removed.append(removed)
         else:
-            current, schedule.masks = _finegrained_step(current, target)
+            nm = tuple(policy.nm) if policy.mode == "nm" else None
+            current, schedule.masks = _finegrained_step(current, target, nm)
         log.info(
             "step %d/%d: pruned to %d/%d of the policy; fine-tuning %d epochs", k, steps, k, steps, n_epochs
         )

@@ -265,7 +265,33 @@ def test_search_and_apply_in_nm_mode(tmp_path, capsys):
     assert metrics["params_ratio"] == pytest.approx(policy.ratios()["params_ratio"], rel=1e-3)
 
 
-def test_apply_refuses_finetuning_an_nm_policy(tmp_path):
+def test_apply_fine_tunes_an_nm_policy_and_keeps_its_pattern(tmp_path, capsys):
+    """A real fine-tune through ``amc apply`` moves the kept weights but keeps the N:M zeros."""
+    from test_train import write_png_folder
+
+    write_png_folder(tmp_path / "data", per_class=4)
+    dense = create_model("resnet20", 3, 0.25)
+    layers = [n for n, m in prunable_weights(dense).items() if nm_prunable(m.weight, 4) and n != "fc"]
+    policy = Policy(sparsities=dict.fromkeys(layers, 0.5), mode="nm", nm=[2, 4], model="resnet20")
+    path = policy.save(tmp_path / "p.json")
+    torch.save(dense.state_dict(), tmp_path / "dense.pt")
+    args = ["apply", *TINY, "--checkpoint", str(tmp_path / "dense.pt"), "--policy", str(path)]
+    args += ["--dataset", "folder", "--data", str(tmp_path / "data"), "--search-size", "3"]
+    args += ["--no-recalibrate"]
+    states = []
+    for epochs in (0, 1):
+        out = tmp_path / f"o{epochs}"
+        assert main([*args, "--out", str(out), "--finetune-epochs", str(epochs)]) == 0
+        states.append(torch.load(out / "pruned.pt", weights_only=True))
+    assert "2:4 compressed" in capsys.readouterr().out
+    for name in layers:
+        before, after = states[0][f"{name}.weight"], states[1][f"{name}.weight"]
+        assert satisfies_nm(after, 2, 4)
+        assert torch.equal(after != 0, before != 0)  # the same pattern ...
+        assert not torch.equal(after, before)  # ... with fine-tuned values
+
+
+def test_an_nm_policy_is_reached_in_one_step(tmp_path):
     path = Path(Policy(sparsities={"fc": 0.5}, mode="nm", nm=[2, 4]).save(tmp_path / "p.json"))
-    args = ["apply", *TINY, "--policy", str(path), "--out", str(tmp_path / "o"), "--finetune-epochs", "1"]
-    assert main(args) != 0
+    args = ["apply", *TINY, "--policy", str(path), "--out", str(tmp_path / "o")]
+    assert main([*args, "--finetune-epochs", "2", "--steps", "2", "--dataset", "sample"]) != 0
