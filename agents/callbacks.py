@@ -19,7 +19,7 @@ import numpy as np
 from amc.agents.agent_file import AGENT_FILE, SPEC_FILE, AgentSpec, save_agent
 from amc.agents.tensorboard import policy_bar_chart, policy_heatmap, policy_table
 from stable_baselines3.common.callbacks import BaseCallback
-from torch.utils.tensorboard import SummaryWriter
+from stable_baselines3.common.logger import HParam, Image, Logger, configure
 from tqdm import tqdm
 
 from amc.files import append_text, commit, temp_path, write_atomic
@@ -49,6 +49,10 @@ class EpisodeRecorder:
     unit's sparsity over the episodes), and the checkpoint: ``state.json`` with
     ``best_policy.json`` and the searcher's own files, replaced together
     (:func:`amc.files.commit`), so they always describe the same episode.
+
+    The events go through one stable-baselines3 :class:`~stable_baselines3.common.logger.Logger`
+    per run (:meth:`open_logger`), which an RL agent logs through as well: a search process
+    writes one event file, holding the episodes and the agent's ``train/*`` losses.
 
     Args:
         run_dir: The run folder.
@@ -81,18 +85,43 @@ class EpisodeRecorder:
         self.t0 = time.time()
         self.elapsed = float(state.get("elapsed", 0.0))
         self.hparams = hparams or {}
-        self.writer: SummaryWriter | None = None
+        self.logger: Logger | None = None
+        self._records: Logger | None = None
         self.bar: tqdm | None = None
         self.pending_best: Policy | None = None
 
+    def open_logger(self) -> Logger:
+        """The run's TensorBoard logger (opened on the first call); give it to the agent too.
+
+        Its one output (a TensorBoard event file in ``run_dir``) takes the agent's records at
+        its timesteps and the recorder's at episode numbers. The recorder records through a
+        second :class:`Logger` over that same output, so that dumping an episode never writes
+        values the agent has recorded and not dumped yet (its losses) at the episode's step.
+        """
+        if self.logger is None:
+            self.logger = configure(str(self.run_dir), ["tensorboard"])
+            self._records = Logger(self.logger.dir, self.logger.output_formats)
+        return self.logger
+
+    def write(self, values: dict[str, Any], step: int) -> None:
+        """Write ``values`` at ``step`` now, besides anything recorded since the last write.
+
+        Numbers become scalars, text a text entry, arrays histograms; stable-baselines3's
+        :class:`~stable_baselines3.common.logger.Image` and ``HParam`` wrappers images and hyper-parameters.
+        """
+        self.open_logger()
+        for key, value in values.items():
+            self._records.record(key, value)
+        self._records.dump(step)
+
     def start(self) -> None:
-        """Open the TensorBoard writer and the progress bar."""
-        self.writer = SummaryWriter(str(self.run_dir))
+        """Open the TensorBoard logger and the progress bar."""
+        self.open_logger()
         if self.hparams:
             table = "\n".join(
                 ["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in self.hparams.items()]
             )
-            self.writer.add_text("run/hparams", table, self.episodes)
+            self.write({"run/hparams": table}, self.episodes)
         self.bar = tqdm(
             total=self.total_episodes,
             initial=self.episodes,
@@ -107,23 +136,17 @@ class EpisodeRecorder:
         self.episodes += 1
         ep = self.episodes
         self._append_csv(ep, info)
-        w = self.writer
-        w.add_scalar("episode/reward", info["reward"], ep)
-        w.add_scalar("episode/accuracy", info["accuracy"], ep)
-        for key in RATIOS:
-            if key in info:
-                w.add_scalar(f"episode/{key}", info[key], ep)
-        for key, value in (scalars or {}).items():
-            w.add_scalar(f"episode/{key}", value, ep)
-        w.add_histogram("episode/actions", np.asarray(info["sparsities"]), ep)
+        values = {f"episode/{k}": float(v) for k, v in episode_summary(ep, info).items() if k != "episode"}
+        values.update({f"episode/{k}": float(v) for k, v in (scalars or {}).items()})
+        values["episode/actions"] = np.asarray(info["sparsities"], dtype=np.float64)  # a histogram
         if not self.best or info["reward"] > self.best["reward"]:
-            self._new_best(ep, info)
+            values.update(self._new_best(ep, info))
         self._keep_candidate(ep, info)
-        for key in ("reward", "accuracy", *RATIOS):
-            if key in self.best:
-                w.add_scalar(f"best/{key}", self.best[key], ep)
+        best = {k: v for k, v in self.best.items() if k in ("reward", "accuracy", *RATIOS)}
+        values.update({f"best/{k}": float(v) for k, v in best.items()})
         if ep % HEATMAP_EVERY == 0:
-            self.draw_heatmap()
+            values.update(self.heatmap())
+        self.write(values, ep)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(
@@ -160,13 +183,13 @@ class EpisodeRecorder:
             -1, len(self.unit_names)
         )
 
-    def draw_heatmap(self) -> None:
+    def heatmap(self) -> dict[str, Image]:
         """TensorBoard image ``search/sparsity_heatmap``: units (rows) over episodes (columns)."""
         history = self.sparsity_history()
-        if len(history):
-            title = f"per-unit sparsity over {len(history)} episodes"
-            image = policy_heatmap(history.T, self.unit_names, title)
-            self.writer.add_image("search/sparsity_heatmap", image, self.episodes, dataformats="HWC")
+        if not len(history):
+            return {}
+        title = f"per-unit sparsity over {len(history)} episodes"
+        return {"search/sparsity_heatmap": Image(policy_heatmap(history.T, self.unit_names, title), "HWC")}
 
     def _keep_candidate(self, ep: int, info: dict) -> None:
         """Keep the ``finalists`` best episodes by reward (ties: the earlier episode)."""
@@ -175,24 +198,29 @@ class EpisodeRecorder:
         self.candidates.sort(key=lambda c: (-c["reward"], c["episode"]))
         del self.candidates[self.finalists :]
 
-    def _new_best(self, ep: int, info: dict) -> None:
+    def _new_best(self, ep: int, info: dict) -> dict[str, Any]:
+        """Take episode ``ep`` as the best so far; its pictures for TensorBoard."""
         self.best = episode_summary(ep, info)
         policy = Policy(**json.loads(info["policy_json"]))
         policy.metrics.update(episode=ep)
         self.pending_best = policy  # saved with the checkpoint that records this episode
-        self._draw_best(policy, ep, f"episode {ep}: accuracy {info['accuracy']:.2f} %")
+        return self._best_pictures(policy, f"episode {ep}: accuracy {info['accuracy']:.2f} %")
 
-    def show_best(self, policy: Policy, step: int, title: str) -> None:
-        """Save ``policy`` as ``best_policy.json`` and draw it (bar chart and table) in TensorBoard."""
+    def show_best(self, policy: Policy, step: int, title: str, values: dict[str, Any] | None = None) -> None:
+        """Save ``policy`` as ``best_policy.json``; draw it (bar chart and table) in TensorBoard.
+
+        ``values``: further records written with the pictures at ``step`` (see :meth:`write`).
+        """
         policy.save(self.run_dir / "best_policy.json")
-        self._draw_best(policy, step, title)
+        self.write({**(values or {}), **self._best_pictures(policy, title)}, step)
 
-    def _draw_best(self, policy: Policy, step: int, title: str) -> None:
+    @staticmethod
+    def _best_pictures(policy: Policy, title: str) -> dict[str, Any]:
         title += f", FLOPs {policy.ratios().get('flops_ratio', 0):.3f}"
-        self.writer.add_image(
-            "best/policy", policy_bar_chart(policy.sparsities, title), step, dataformats="HWC"
-        )
-        self.writer.add_text("best/policy_table", policy_table(policy.sparsities, policy.kept), step)
+        return {
+            "best/policy": Image(policy_bar_chart(policy.sparsities, title), "HWC"),
+            "best/policy_table": policy_table(policy.sparsities, policy.kept),
+        }
 
     def checkpoint(self, save_files: Callable[[Path], list[str]], extra_state: dict[str, Any]) -> None:
         """Save the searcher and the run's state, if an episode finished since the last save.
@@ -220,20 +248,24 @@ class EpisodeRecorder:
         commit(run, [*names, "state.json"])
         self.saved_episodes = self.episodes
         self.pending_best = None
-        if self.writer is not None:
-            self.writer.flush()
 
     def close(self) -> None:
-        """Draw the final heatmap, log the hyper-parameters, close the bar and flush."""
-        if self.writer is None:
+        """Draw the final heatmap, log the hyper-parameters and close the bar (the logger stays open)."""
+        if self.logger is None:
             return
-        self.draw_heatmap()
+        values: dict[str, Any] = self.heatmap()
         if self.hparams and self.best:
             metrics = {f"hparam/best_{k}": float(v) for k, v in self.best.items() if k != "episode"}
-            self.writer.add_hparams(self.hparams, metrics, run_name=".")
+            values.update(metrics, hparams=HParam(self.hparams, metrics))  # the metrics as scalars too
+        self.write(values, self.episodes)
         if self.bar is not None:
             self.bar.close()
-        self.writer.flush()
+
+    def release(self) -> None:
+        """Close the run's logger (after the final selection has written to it)."""
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = self._records = None
 
 
 class SearchCallback(BaseCallback):

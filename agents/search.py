@@ -42,7 +42,6 @@ from amc.agents.transfer import play_actions, play_episode
 from amc.envs.config import EnvConfig
 from amc.envs.pruning_env import PruningEnv
 from stable_baselines3.common.callbacks import CallbackList
-from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from amc.files import claim_folder, write_atomic
@@ -65,7 +64,7 @@ class SearchConfig:
         agent: A name in :data:`AGENTS`: ``ddpg``, ``td3``, ``sac``, ``random`` or ``cem``.
         episodes: Episodes in all, warm-up included.
         seed: Seed of the agent and its noise.
-        envs: Episodes scored in parallel (subprocess environments).
+        envs: Episodes scored in parallel (subprocess environments, or Ray actors with ``ray``).
         hp: Hyper-parameter overrides on top of the agent's preset (or the searcher's defaults).
         runs_dir: Parent folder of run folders.
         name: Run folder name (default ``<model>__<agent>__seed<k>__<time>``).
@@ -73,6 +72,9 @@ class SearchConfig:
             the best of them there becomes ``best_policy.json``.
         agent_init: An ``agent.pt`` of an earlier search (same RL algorithm) whose networks
             start this one (a warm start); its warm-up then defaults to 0 episodes.
+        ray: Score the ``envs`` episodes on Ray actors (:mod:`amc.agents.ray_vec`): ``None``
+            does not use Ray, ``""`` or ``"local"`` starts a local Ray instance, anything else
+            is the address of a Ray cluster to join (``"auto"``, ``"ray://head:10001"``).
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -85,9 +87,12 @@ class SearchConfig:
     name: str = ""
     finalists: int = 10
     agent_init: str = ""
+    ray: str | None = None
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
+        if self.ray is not None and not isinstance(self.ray, str):
+            raise ValueError(f"ray must be a Ray address, 'local' or None, got {self.ray!r}")
         if self.agent_init and self.agent in SEARCHERS:
             raise ValueError(f"--agent-init warm-starts an RL agent; '{self.agent}' has no networks to start")
         for key, least in (("episodes", 1), ("envs", 1), ("finalists", 0)):
@@ -114,9 +119,21 @@ EnvFactory = Callable[[EnvConfig], PruningEnv]
 
 
 def _make_vec_env(config: SearchConfig, first: PruningEnv, factory: EnvFactory) -> VecEnv:
-    if config.envs <= 1:
+    if config.envs <= 1 and config.ray is None:
         return DummyVecEnv([lambda: first])
     env_config = EnvConfig(**{**asdict(config.env), "threads": max(1, config.env.threads)})
+    if config.ray is not None:
+        from amc.agents.ray_vec import RayVecEnv
+
+        cuda = env_config.device.startswith("cuda")
+        if cuda:  # Ray shows each actor its own GPU(s) only, as device 0
+            env_config.device = "cuda"
+        return RayVecEnv(
+            [lambda: factory(env_config) for _ in range(config.envs)],
+            address=config.ray,
+            num_cpus_per_actor=env_config.threads,
+            num_gpus_per_actor=None if cuda else 0,
+        )
     return SubprocVecEnv([lambda: factory(env_config) for _ in range(config.envs)], start_method="spawn")
 
 
@@ -139,6 +156,7 @@ def _hparams(config: SearchConfig, hp: dict[str, Any]) -> dict[str, Any]:
         "episodes": config.episodes,
         "seed": config.seed,
         "envs": config.envs,
+        "ray": None if config.ray is None else config.ray or "local",
         **hp,
     }
     return {
@@ -177,6 +195,7 @@ def _start(
     best = recorder.best
     if env.backend.scorer.has_selection and recorder.candidates:
         best = select_final(env, recorder, propose)
+    recorder.release()
     warmup = min(int(hp.get("warmup_episodes", 100)), config.episodes) if rl else 0
     return {
         "run_dir": str(run_dir),
@@ -215,7 +234,7 @@ def _learn(
         agent.num_timesteps = int(state["num_timesteps"])
     elif config.agent_init:
         warm_start(agent, config.agent_init)
-    agent.set_logger(configure(str(run_dir), ["tensorboard"]))
+    agent.set_logger(recorder.open_logger())  # one event stream for the agent's and the recorder's records
     remaining = max(0, config.episodes - recorder.episodes)
     callbacks = [imitation_callback(hp), SearchCallback(recorder, spec, noise)]  # imitate, then checkpoint
     agent.learn(
@@ -397,12 +416,9 @@ def select_final(env: PruningEnv, recorder: EpisodeRecorder, propose: Proposal) 
     )
     metrics = {k: final[k] for k in keys if k in final}
     policy = env.backend.policy(rows[0]["sparsities"], **metrics)
-    step = recorder.episodes
-    for key in ("selection_accuracy", "accuracy"):
-        recorder.writer.add_scalar(f"final/{key}", final[key], step)
     title = f"final: {choice_label(final)}, selection accuracy {final['selection_accuracy']:.2f} %"
-    recorder.show_best(policy, step, title)
-    recorder.writer.flush()
+    scalars = {f"final/{key}": float(final[key]) for key in ("selection_accuracy", "accuracy")}
+    recorder.show_best(policy, recorder.episodes, title, scalars)
     log.info("final policy: %s", title)
     return final
 
@@ -416,6 +432,7 @@ def run_search(config: SearchConfig, progress: bool = True, env_factory: EnvFact
     if config.agent not in AGENTS:
         raise ValueError(f"unknown agent '{config.agent}'; known agents: {', '.join(AGENTS)}")
     check_hp(config.agent, config.hp)
+    _check_ray(config)
     run_dir = Path(config.runs_dir) / config.run_name()
     # One writer per run folder; a search that fails before its first episode leaves no folder.
     with claim_folder(run_dir, unused=lambda run: not (run / "episodes.csv").exists()):
@@ -428,21 +445,41 @@ def run_search(config: SearchConfig, progress: bool = True, env_factory: EnvFact
         return _start(config, run_dir, None, progress, env_factory)
 
 
+def _check_ray(config: SearchConfig) -> None:
+    """Fail at once, before any model is loaded, when the run asks for Ray and it is not installed."""
+    if config.ray is not None:
+        from amc.agents.ray_vec import require_ray
+
+        require_ray()
+
+
+_KEEP: Any = object()
+
+
 def resume_search(
     run_dir: str | Path,
     episodes: int | None = None,
     progress: bool = True,
     env_factory: EnvFactory | None = None,
+    *,
+    ray: str | None = _KEEP,
 ) -> dict:
     """Continue the search in ``run_dir`` from its last checkpoint (optionally to more episodes).
 
     A search over Python objects (``dataset: python`` in its config) needs ``env_factory``
-    to rebuild its environment, i.e. it resumes through :func:`amc.search`.
+    to rebuild its environment, i.e. it resumes through :func:`amc.search`. The run keeps
+    its own settings, Ray included; ``ray`` (an address, ``"local"``, or ``None`` for
+    subprocess environments) scores the remaining episodes elsewhere, e.g. when the cluster
+    that started the run is gone (it is written to ``config.yaml``).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a search run folder (no config.yaml)")
     config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    moved = ray is not _KEEP and ray != config.ray
+    if moved:
+        config = dataclasses.replace(config, ray=ray)
+    _check_ray(config)
     if env_factory is None:
         if config.env.dataset == "python":
             raise ValueError(
@@ -457,6 +494,7 @@ def resume_search(
             if episodes < done:
                 raise RunFolderError(f"{run_dir} has run {done} episodes already; ask for {done} or more")
             config = dataclasses.replace(config, episodes=episodes)
+        if episodes is not None or moved:
             write_atomic(run_dir / "config.yaml", _config_yaml(config))
         repair_episodes(run_dir / "episodes.csv", done)
         log_command(run_dir)

@@ -69,6 +69,7 @@ def search(
     *,
     seed: int = 0,
     envs: int = 1,
+    ray: str | None = None,
     hp: dict[str, Any] | None = None,
     progress: bool = True,
     **env_settings: Any,
@@ -95,6 +96,10 @@ def search(
             a new folder under ``runs/``.
         seed: Seed of the agent and its noise.
         envs: Episodes scored in parallel (subprocesses; model and functions are cloudpickled).
+        ray: Score the ``envs`` episodes on Ray actors instead (``pip install 'amc-pruner[ray]'``):
+            ``"local"`` starts a local Ray instance, an address (``"auto"``,
+            ``"ray://head:10001"``) joins a cluster; model and functions are cloudpickled
+            to the actors the same way. ``None``: no Ray. A resumed search keeps its own.
         hp: Hyper-parameter overrides of the agent's preset.
         progress: Show a progress bar.
         **env_settings: Other :class:`~amc.envs.config.EnvConfig` fields, e.g.
@@ -127,6 +132,7 @@ def search(
             seed=seed,
             envs=envs,
             hp=dict(hp or {}),
+            ray=ray,
             runs_dir=str(folder.parent) if folder is not None else "runs",
             name=folder.name if folder is not None else "",
         )

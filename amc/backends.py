@@ -44,7 +44,8 @@ class ChannelBackend:
 
     Args:
         pruner: The analysed model.
-        scorer: Scores the pruned model on the search split.
+        scorer: Scores the pruned model on the search split (``None``: a backend that only
+            computes costs and policies).
         latency: Optional function from kept channels to predicted latency (ms).
         model_name: Recorded in policies.
         latency_shape: Input shape latency is measured at (default: the example input's).
@@ -59,7 +60,7 @@ class ChannelBackend:
     def __init__(
         self,
         pruner: ChannelPruner,
-        scorer: Scorer,
+        scorer: Scorer | None = None,
         latency: Callable[[Sequence[int]], float] | None = None,
         model_name: str = "",
         latency_shape: tuple[int, ...] | None = None,
@@ -86,7 +87,11 @@ class ChannelBackend:
 
     def costs(self, sparsities: Sequence[float]) -> dict[str, float]:
         """Pruned/dense ratios (``flops``, ``params``, ``latency``) and absolute values (``*_absolute``)."""
-        absolute = self._absolute(self.pruner.kept_for(list(sparsities)))
+        return self.kept_costs(self.pruner.kept_for(list(sparsities)))
+
+    def kept_costs(self, kept: Sequence[int]) -> dict[str, float]:
+        """:meth:`costs` of kept channels per unit (e.g. a policy's own counts)."""
+        absolute = self._absolute(kept)
         out = {k: v / self.dense[k] for k, v in absolute.items()}
         out.update({f"{k}_absolute": v for k, v in absolute.items()})
         return out
@@ -128,8 +133,8 @@ class ChannelBackend:
         dense_ms, pruned_ms = measured_pair(self.pruner.model, pruned, self.latency_shape, device)
         return pruned_ms / dense_ms
 
-    def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
-        """The :class:`Policy` for ``sparsities``."""
+    def policy(self, sparsities: Sequence[float], **metrics: float | str) -> Policy:
+        """The :class:`Policy` for ``sparsities`` (``metrics``: recorded in it)."""
         kept = self.pruner.kept_for(list(sparsities))
         return Policy.from_kept(
             self.pruner, kept, list(sparsities), model=self.model_name, metrics=dict(metrics)

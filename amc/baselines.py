@@ -3,6 +3,12 @@
 Each returns a :class:`~amc.policy.Policy` whose cost ratio (pruned / dense, in the chosen
 metric) is at or below the target, using the same channel selection, reconstruction and
 scoring as the search, so the comparison isolates the choice of per-unit sparsities.
+
+They work through a :class:`~amc.backends.ChannelBackend`, the search's own: its
+:meth:`~amc.backends.ChannelBackend.costs` gives the cost ratio of per-unit sparsities, its
+:meth:`~amc.backends.ChannelBackend.score` their accuracy and its
+:meth:`~amc.backends.ChannelBackend.policy` the policy. A bare
+:class:`~amc.pruning.channel.ChannelPruner` is accepted too (wrapped with the scorer and model name given).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from amc.backends import ChannelBackend
 from amc.budget import MAX_SPARSITY
 from amc.policy import Policy
 from amc.pruning.channel import ChannelPruner
@@ -19,25 +26,51 @@ from amc.scoring import Scorer
 
 log = logging.getLogger(__name__)
 METRICS = ("flops", "params")
-CostFn = Callable[[Sequence[int]], float]
+Source = ChannelBackend | ChannelPruner
+"""What the baselines prune: a channel backend, or a pruner to wrap in one."""
 
 
 class TargetError(ValueError):
     """A budget that cannot be met (or is not a budget at all)."""
 
 
-def cost_ratio_fn(pruner: ChannelPruner, metric: str = "flops") -> CostFn:
-    """A function: kept channels per unit -> pruned/dense ratio of MACs (``flops``) or ``params``."""
+def channel_backend(source: Source, scorer: Scorer | None = None, model: str = "") -> ChannelBackend:
+    """The backend the baselines work through.
+
+    A pruner is wrapped with ``scorer`` and ``model``. A backend is used as it is, unless a
+    ``scorer`` or ``model`` other than its own is given: then a backend over the same pruner
+    with those (and its latency predictor) is.
+    """
+    if isinstance(source, ChannelPruner):
+        return ChannelBackend(source, scorer, model_name=model)
+    if (scorer is None or scorer is source.scorer) and (not model or model == source.model_name):
+        return source
+    backend = ChannelBackend(
+        source.pruner,
+        source.scorer if scorer is None else scorer,
+        source.latency,
+        model or source.model_name,
+        source.latency_shape,
+    )
+    backend.physical = source.physical
+    return backend
+
+
+def cost_ratio(backend: ChannelBackend, sparsities: Sequence[float], metric: str = "flops") -> float:
+    """Pruned/dense ``metric`` (``flops``: MACs, or ``params``) of per-unit ``sparsities``."""
+    _check_metric(metric)
+    return backend.costs(sparsities)[metric]
+
+
+def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise TargetError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
-    index = METRICS.index(metric)
-    dense = pruner.cost.cost()[index]
-    return lambda kept: pruner.cost.cost(kept)[index] / dense
 
 
-def _check_target(target: float) -> None:
+def _check_target(target: float, metric: str = "flops") -> None:
     if not 0.0 < target <= 1.0:
         raise TargetError(f"target must be a ratio in (0, 1], e.g. flops=0.5; got {target}")
+    _check_metric(metric)
 
 
 def _bisect(
@@ -51,38 +84,54 @@ def _bisect(
 
 
 def solve_uniform(
-    pruner: ChannelPruner, target: float, cost: CostFn, max_sparsity: float = MAX_SPARSITY
+    backend: Source, target: float, metric: str = "flops", max_sparsity: float = MAX_SPARSITY
 ) -> list[float]:
     """The single sparsity, applied to every unit, that meets ``target`` with the least pruning."""
-    _check_target(target)
-    n = len(pruner.units)
-    floor = cost(pruner.kept_for([max_sparsity] * n))
+    _check_target(target, metric)
+    backend = channel_backend(backend)
+    n = len(backend.units)
+    floor = cost_ratio(backend, [max_sparsity] * n, metric)
     if floor > target:
         raise TargetError(
             f"target {target:.3f} is unreachable: pruning every unit to {max_sparsity:.0%} still "
             f"leaves {floor:.3f} of the cost; raise the target or the maximum sparsity"
         )
-    s = _bisect(lambda v: cost(pruner.kept_for([v] * n)), target, 0.0, max_sparsity)
+    s = _bisect(lambda v: cost_ratio(backend, [v] * n, metric), target, 0.0, max_sparsity)
     return [s] * n
 
 
-def _policy(
-    pruner: ChannelPruner, sparsities: Sequence[float], scorer: Scorer | None, name: str, model: str
-) -> Policy:
-    kept = pruner.kept_for(list(sparsities))
-    metrics = {"baseline": name}
-    if scorer is not None:
-        metrics["accuracy"] = scorer.evaluate(pruner.apply(kept))
-        pruner.reset()
-    return Policy.from_kept(pruner, kept, list(sparsities), model=model, metrics=metrics)
+def _labelled(backend: ChannelBackend, sparsities: Sequence[float], name: str, scored: bool) -> Policy:
+    """The backend's policy for ``sparsities``, labelled ``name`` (scored: with its accuracy)."""
+    metrics: dict[str, float | str] = {"baseline": name}
+    if scored:
+        metrics["accuracy"] = backend.score(sparsities)
+        backend.pruner.reset()
+    return backend.policy(sparsities, **metrics)
+
+
+def _scoring(source: Source, scorer: Scorer | None, model: str) -> ChannelBackend:
+    """The backend for a baseline that scores: ``scorer`` or the backend's own."""
+    backend = channel_backend(source, scorer, model)
+    if backend.scorer is None:
+        raise ValueError("this baseline scores policies: give a scorer (or a backend with one)")
+    return backend
 
 
 def uniform_policy(
-    pruner: ChannelPruner, target: float, metric: str = "flops", scorer: Scorer | None = None, model: str = ""
+    backend: Source, target: float, metric: str = "flops", scorer: Scorer | None = None, model: str = ""
 ) -> Policy:
-    """Every unit pruned by the same fraction, the smallest that meets the target."""
-    sparsities = solve_uniform(pruner, target, cost_ratio_fn(pruner, metric))
-    return _policy(pruner, sparsities, scorer, "uniform", model)
+    """Every unit pruned by the same fraction, the smallest that meets the target.
+
+    Args:
+        backend: A channel backend, or a pruner (wrapped with ``scorer`` and ``model``).
+        target: Budget, a ratio of the dense ``metric``.
+        metric: ``flops`` or ``params``.
+        scorer: Scores the policy (recorded as its ``accuracy``); without one, none is recorded.
+        model: Model name recorded in the policy (default: the backend's).
+    """
+    backend = channel_backend(backend, scorer, model)
+    sparsities = solve_uniform(backend, target, metric)
+    return _labelled(backend, sparsities, "uniform", scored=scorer is not None)
 
 
 SENSITIVITY_LEVELS: tuple[float, ...] = tuple(float(v) for v in np.round(np.arange(0.1, 1.0, 0.1), 2))
@@ -90,28 +139,29 @@ SENSITIVITY_LEVELS: tuple[float, ...] = tuple(float(v) for v in np.round(np.aran
 
 
 def sensitivity_drops(
-    pruner: ChannelPruner, scorer: Scorer, levels: Sequence[float] = SENSITIVITY_LEVELS
+    backend: Source, scorer: Scorer | None = None, levels: Sequence[float] = SENSITIVITY_LEVELS
 ) -> np.ndarray:
     """Accuracy drop (points) of pruning each unit alone at each level: units x levels.
 
     The expensive half of :func:`sensitivity_policy`; it does not depend on the budget, so
-    one matrix serves every target.
+    one matrix serves every target. ``scorer``: the backend's when not given.
     """
-    n = len(pruner.units)
-    base = scorer.evaluate(pruner.apply(pruner.kept_for([0.0] * n)))
+    backend = _scoring(backend, scorer, "")
+    n = len(backend.units)
+    base = backend.score([0.0] * n)
     drops = np.zeros((n, len(levels)))
     for u in range(n):
         for j, level in enumerate(levels):
             sparsities = [0.0] * n
             sparsities[u] = level
-            drops[u, j] = base - scorer.evaluate(pruner.apply(pruner.kept_for(sparsities)))
-    pruner.reset()
+            drops[u, j] = base - backend.score(sparsities)
+    backend.pruner.reset()
     return drops
 
 
 def sensitivity_policy(
-    pruner: ChannelPruner,
-    scorer: Scorer,
+    backend: Source,
+    scorer: Scorer | None,
     target: float,
     metric: str = "flops",
     levels: Sequence[float] = SENSITIVITY_LEVELS,
@@ -123,12 +173,14 @@ def sensitivity_policy(
     Each unit gets the largest level whose solo accuracy drop is at most a threshold; the
     threshold is the smallest that meets the target. ``drops`` reuses a
     :func:`sensitivity_drops` matrix measured with the same ``levels`` (e.g. for another target).
+    ``backend``, ``scorer`` and ``model`` as for :func:`uniform_policy`, except that the
+    policy is always scored (``scorer``: the backend's when not given).
     """
-    _check_target(target)
-    cost = cost_ratio_fn(pruner, metric)
-    n = len(pruner.units)
+    _check_target(target, metric)
+    backend = _scoring(backend, scorer, model)
+    n = len(backend.units)
     if drops is None:
-        drops = sensitivity_drops(pruner, scorer, levels)
+        drops = sensitivity_drops(backend, levels=levels)
 
     def sparsities_at(threshold: float) -> list[float]:
         return [
@@ -137,35 +189,37 @@ def sensitivity_policy(
         ]
 
     candidates = sorted(set(drops.flatten().tolist()))
-    feasible = [t for t in candidates if cost(pruner.kept_for(sparsities_at(t))) <= target]
+    feasible = [t for t in candidates if cost_ratio(backend, sparsities_at(t), metric) <= target]
     if not feasible:
         raise TargetError(f"target {target:.3f} is unreachable with sparsity levels up to {max(levels)}")
-    policy = _policy(pruner, sparsities_at(feasible[0]), scorer, "sensitivity", model)
+    policy = _labelled(backend, sparsities_at(feasible[0]), "sensitivity", scored=True)
     policy.metrics["threshold"] = float(feasible[0])
     return policy
 
 
 def fit_to_target(
-    pruner: ChannelPruner,
+    backend: Source,
     raw: Sequence[float],
     target: float,
-    cost: CostFn,
+    metric: str = "flops",
     max_sparsity: float = MAX_SPARSITY,
 ) -> list[float]:
     """Shift raw sparsities by one common offset (clipped to [0, max]) so the target is met."""
+    _check_metric(metric)
+    backend = channel_backend(backend)
     raw_arr = np.asarray(raw, dtype=float)
 
     def at(offset: float) -> list[float]:
         return np.clip(raw_arr + offset, 0.0, max_sparsity).tolist()
 
-    if cost(pruner.kept_for(at(1.0))) > target:
+    if cost_ratio(backend, at(1.0), metric) > target:
         raise TargetError(f"target {target:.3f} is unreachable at maximum sparsity {max_sparsity}")
-    return at(_bisect(lambda o: cost(pruner.kept_for(at(o))), target, -1.0, 1.0))
+    return at(_bisect(lambda o: cost_ratio(backend, at(o), metric), target, -1.0, 1.0))
 
 
 def random_search_policy(
-    pruner: ChannelPruner,
-    scorer: Scorer,
+    backend: Source,
+    scorer: Scorer | None,
     target: float,
     metric: str = "flops",
     trials: int = 50,
@@ -173,19 +227,21 @@ def random_search_policy(
     seed: int = 0,
     model: str = "",
 ) -> Policy:
-    """Random search: ``trials`` random policies fitted to the target; keep the most accurate."""
-    _check_target(target)
-    cost = cost_ratio_fn(pruner, metric)
+    """Random search: ``trials`` random policies fitted to the target; keep the most accurate.
+
+    ``backend``, ``scorer`` and ``model`` as for :func:`sensitivity_policy`.
+    """
+    _check_target(target, metric)
+    backend = _scoring(backend, scorer, model)
     rng = np.random.default_rng(seed)
     best, best_acc = None, -1.0
     for _ in range(trials):
-        sparsities = fit_to_target(
-            pruner, rng.uniform(0, max_sparsity, len(pruner.units)), target, cost, max_sparsity
-        )
-        acc = scorer.evaluate(pruner.apply(pruner.kept_for(sparsities)))
+        raw = rng.uniform(0, max_sparsity, len(backend.units))
+        sparsities = fit_to_target(backend, raw, target, metric, max_sparsity)
+        acc = backend.score(sparsities)
         if acc > best_acc:
             best, best_acc = sparsities, acc
-    pruner.reset()
-    policy = _policy(pruner, best, scorer, "random", model)
+    backend.pruner.reset()
+    policy = _labelled(backend, best, "random", scored=True)
     policy.metrics["trials"] = trials
     return policy

@@ -12,16 +12,19 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from amc.baselines import cost_ratio_fn, solve_uniform, uniform_policy
+from amc.backends import ChannelBackend
+from amc.baselines import solve_uniform, uniform_policy
 from amc.cost import measure_latency
 from amc.data.base import Dataset
-from amc.export import fold_batchnorm
+from amc.export import export_onnx, fold_batchnorm, onnx_latency_ms, onnx_session
 from amc.pruning.channel import ChannelPruner
 from amc.report import compare
 from amc.scoring import Scorer, ScoringConfig, calibration_images
@@ -147,10 +150,10 @@ def summarize_overhead(
 
 
 def _uniform_pruned(model: nn.Module, target: float, input_hw: tuple[int, int], round_to: int = 1):
-    """The pruner, kept channels and physically pruned model of the uniform policy at ``target``."""
-    pruner = ChannelPruner(model, (1, 3, *input_hw), round_to=round_to)
-    kept = pruner.kept_for(solve_uniform(pruner, target, cost_ratio_fn(pruner, "flops")))
-    return pruner, kept, pruner.export(kept)
+    """The backend, kept channels and physically pruned model of the uniform policy at ``target``."""
+    backend = ChannelBackend(ChannelPruner(model, (1, 3, *input_hw), round_to=round_to))
+    kept = backend.pruner.kept_for(solve_uniform(backend, target, "flops"))
+    return backend, kept, backend.pruner.export(kept)
 
 
 def pruning_speedup(
@@ -160,33 +163,60 @@ def pruning_speedup(
     repeats: int = 30,
     input_hw: tuple[int, int] = (32, 32),
     round_to: int = 1,
+    onnx: bool = False,
 ) -> dict[str, float]:
     """Latency speed-up of the physically pruned model over its FLOPs speed-up.
 
     The policy is uniform at ``target`` FLOPs. Dense and pruned latencies are measured in
-    alternating blocks and their medians compared, once for the eager models (``ratio``) and
-    once with BatchNorm folded into the convolutions (``deployed_ratio``).
+    alternating blocks and their medians compared, once for the eager models (``ratio``), once
+    with BatchNorm folded into the convolutions (``deployed_ratio``) and, with ``onnx``, once
+    for both exported to ONNX and run by onnxruntime (``onnx_ratio``; needs the onnx extra).
     """
-    pruner, kept, small = _uniform_pruned(model, target, input_hw, round_to)
-    flops_speedup = pruner.cost.macs() / pruner.cost.macs(kept)
+    backend, kept, small = _uniform_pruned(model, target, input_hw, round_to)
+    flops_speedup = backend.dense["flops"] / backend.kept_costs(kept)["flops_absolute"]
     size = (batch, 3, *input_hw)
     out: dict[str, float] = {"flops_speedup": flops_speedup, "batch": batch, "round_to": round_to}
-    pairs = {"": (model.eval(), small.eval()), "deployed_": (fold_batchnorm(model), fold_batchnorm(small))}
-    for prefix, (dense, pruned) in pairs.items():
-        dense_ms, pruned_ms = [], []
-        for _ in range(5):  # alternate measurement blocks
-            dense_ms.append(measure_latency(dense, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
-            pruned_ms.append(measure_latency(pruned, size, warmup=3, repeats=repeats // 5 + 1).median_ms)
-        speedup = statistics.median(dense_ms) / statistics.median(pruned_ms)
-        out.update(
-            {
-                f"{prefix}dense_ms": statistics.median(dense_ms),
-                f"{prefix}pruned_ms": statistics.median(pruned_ms),
-                f"{prefix}latency_speedup": speedup,
-                f"{prefix}ratio": speedup / flops_speedup,
-            }
-        )
+    block = repeats // 5 + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        for prefix, (dense, pruned) in _timed_pairs(model, small, size, block, onnx, Path(tmp)).items():
+            dense_ms, pruned_ms = [], []
+            for _ in range(5):  # alternate measurement blocks
+                dense_ms.append(dense())
+                pruned_ms.append(pruned())
+            speedup = statistics.median(dense_ms) / statistics.median(pruned_ms)
+            out.update(
+                {
+                    f"{prefix}dense_ms": statistics.median(dense_ms),
+                    f"{prefix}pruned_ms": statistics.median(pruned_ms),
+                    f"{prefix}latency_speedup": speedup,
+                    f"{prefix}ratio": speedup / flops_speedup,
+                }
+            )
     return out
+
+
+def _timed_pairs(
+    model: nn.Module, small: nn.Module, size: tuple[int, ...], repeats: int, onnx: bool, folder: Path
+) -> dict[str, tuple[Callable[[], float], Callable[[], float]]]:
+    """Per form (eager, BN folded, onnxruntime), functions timing the dense and the pruned model (ms)."""
+
+    def torch_timer(net: nn.Module) -> Callable[[], float]:
+        return lambda: measure_latency(net, size, warmup=3, repeats=repeats).median_ms
+
+    pairs = {
+        "": (torch_timer(model.eval()), torch_timer(small.eval())),
+        "deployed_": (torch_timer(fold_batchnorm(model)), torch_timer(fold_batchnorm(small))),
+    }
+    if onnx:
+        example = torch.randn(1, *size[1:])
+        sessions = [
+            onnx_session(export_onnx(net, example, folder / f"{name}.onnx").path)
+            for name, net in (("dense", model), ("pruned", small))
+        ]
+        pairs["onnx_"] = tuple(
+            (lambda s=s: onnx_latency_ms(s, size, warmup=3, repeats=repeats)) for s in sessions
+        )
+    return pairs
 
 
 def latency_prediction(

@@ -29,10 +29,10 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from amc.backends import ChannelBackend
 from amc.baselines import (
     SENSITIVITY_LEVELS,
     TargetError,
-    cost_ratio_fn,
     random_search_policy,
     sensitivity_drops,
     sensitivity_policy,
@@ -250,6 +250,10 @@ class Comparison:
         out: Output folder.
         given: Given policies (a search's best policy, policy files).
         settings: Model and data settings that identify the comparison (with ``config.recipe()``).
+
+    Attributes:
+        backend: The :class:`~amc.backends.ChannelBackend` over ``pruner`` and ``scorer``,
+            as a search has it: the baselines' and the results' costs, policies and scores.
     """
 
     def __init__(
@@ -262,6 +266,7 @@ class Comparison:
         settings: dict | None = None,
     ):
         self.pruner, self.scorer, self.config = pruner, scorer, config
+        self.backend = ChannelBackend(pruner, scorer, model_name=config.model)  # costs, policies, scores
         self.dataset: Dataset = scorer.dataset
         self.out = Path(out)
         self.given = list(given)
@@ -311,20 +316,20 @@ class Comparison:
         return policy
 
     def _build(self, method: str, target: float) -> Policy:
-        c, pruner, scorer = self.config, self.pruner, self.scorer
+        c, backend = self.config, self.backend
         if method == "uniform":
-            return uniform_policy(pruner, target, c.metric, scorer, c.model)
+            return uniform_policy(backend, target, c.metric, backend.scorer)
         if method == "sensitivity":
             # The same cap as the search and random search, so no method may prune deeper.
             levels = tuple(v for v in SENSITIVITY_LEVELS if v <= c.max_sparsity + 1e-9)
             if self._drops is None:
-                self._drops = sensitivity_drops(pruner, scorer, levels)
+                self._drops = sensitivity_drops(backend, levels=levels)
             return sensitivity_policy(
-                pruner, scorer, target, c.metric, levels=levels, model=c.model, drops=self._drops
+                backend, backend.scorer, target, c.metric, levels=levels, drops=self._drops
             )
         log.info("random search: %d trials", c.trials)
         return random_search_policy(
-            pruner, scorer, target, c.metric, c.trials, c.max_sparsity, c.seed, c.model
+            backend, backend.scorer, target, c.metric, c.trials, c.max_sparsity, c.seed
         )
 
     def _check_fits(self, entry: Entry) -> None:
@@ -371,7 +376,8 @@ class Comparison:
     def _measure(self, entry: Entry, kept: dict[str, int], digest: str) -> Result:
         t0, c = time.time(), self.config
         counts = [kept[u.name] for u in self.pruner.units]
-        ratio = cost_ratio_fn(self.pruner, "flops")(counts), cost_ratio_fn(self.pruner, "params")(counts)
+        costs = self.backend.kept_costs(counts)
+        ratio = costs["flops"], costs["params"]
         model = pruned_model(self.pruner, counts, self.scorer)
         before = evaluate(model, self.dataset, "test", device=c.device)["top1"]
         self._log(entry, "FLOPs %.3f, params %.3f, test top-1 %.2f %% before fine-tuning", *ratio, before)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from amc.models import load_state
 from amc.policy import Policy, apply_policy
 from amc.pruning.channel import ChannelPruner
 from amc.pruning.finegrained import MagnitudePruner, prunable_weights
-from amc.train import TrainConfig, train
+from amc.train import TrainConfig, masked_gradients, train
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,13 @@ class PruningSchedule:
     masks: dict[str, Tensor]
 
 
-@contextlib.contextmanager
-def frozen_zeros(model: nn.Module, masks: Mapping[str, Tensor]) -> Iterator[None]:
-    """Mask the gradients of the pruned weights, so SGD (momentum, weight decay) keeps them at zero."""
-    modules = dict(model.named_modules())
-    handles = [modules[name].weight.register_hook(lambda g, m=mask: g * m) for name, mask in masks.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def frozen_zeros(model: nn.Module, masks: Mapping[str, Tensor]) -> contextlib.AbstractContextManager:
+    """Mask the gradients of the pruned weights, so SGD (momentum, weight decay) keeps them at zero.
+
+    :func:`amc.train.masked_gradients`; :func:`prune_iteratively` hands the masks to
+    :func:`~amc.train.train` instead, which masks on every process of a ``torchrun`` job.
+    """
+    return masked_gradients(model, masks)
 
 
 def _channel_targets(pruner: ChannelPruner, policy: Policy, steps: int) -> list[dict[str, int]]:
@@ -154,7 +151,7 @@ def prune_iteratively(
         steps: Prune-then-fine-tune steps.
         rewind_state: A state dict of ``model``'s early training: the kept weights are reset
             to it before the last step's fine-tune.
-        device: Torch device.
+        device: Torch device (under ``torchrun``, every fine-tune runs on all processes).
         **train_kwargs: Passed on to :func:`train` (``manifest``, ``resume``, ``teacher``).
 
     Returns:
@@ -188,6 +185,6 @@ def prune_iteratively(
             rewind(current, model, rewind_state, schedule, policy, input_shape)
         if n_epochs:
             folder = out / ("finetune" if steps == 1 else f"finetune_step{k}")
-            with frozen_zeros(current, schedule.masks):
-                train(current, dataset, replace(config, epochs=n_epochs), folder, device, **train_kwargs)
+            step_config = replace(config, epochs=n_epochs)
+            train(current, dataset, step_config, folder, device, grad_masks=schedule.masks, **train_kwargs)
     return current.eval()

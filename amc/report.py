@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from amc.backends import ChannelBackend
 from amc.data import Dataset
 from amc.pruning.channel import ChannelPruner
 from amc.scoring import Scorer
@@ -42,17 +43,21 @@ def compare(
     device: str = "cpu",
 ) -> list[Row]:
     """Evaluate the dense model and each ``{name: kept channels}`` on ``split`` (held-out images)."""
-    macs0, params0 = pruner.cost.cost()
+    backend = ChannelBackend(pruner)  # the costs, as the search computes them
     pruner.reset()
-    rows = [
-        Row("dense", evaluate(pruner.model, dataset, split, device=device)["top1"], macs0, params0, 1.0, 1.0)
-    ]
+    dense = evaluate(pruner.model, dataset, split, device=device)["top1"]
+    rows = [_row("dense", dense, backend.kept_costs([u.channels for u in pruner.units]))]
     for name, kept in policies.items():
         model = pruned_model(pruner, kept, scorer)
-        macs, params = pruner.cost.cost(list(kept))
         top1 = evaluate(model, dataset, split, device=device)["top1"]
-        rows.append(Row(name, top1, macs, params, macs / macs0, params / params0))
+        rows.append(_row(name, top1, backend.kept_costs(list(kept))))
     return rows
+
+
+def _row(name: str, top1: float, costs: dict[str, float]) -> Row:
+    """A row from :meth:`ChannelBackend.kept_costs`."""
+    macs, params = int(costs["flops_absolute"]), int(costs["params_absolute"])
+    return Row(name, top1, macs, params, costs["flops"], costs["params"])
 
 
 def format_table(rows: Sequence[Row], title: str = "") -> str:

@@ -121,12 +121,11 @@ class PruningEnv(gym.Env):
         config = self.config
         if self.backend.mode != "channel" or config.target is None or config.metric == "latency":
             return None
-        pruner = self.backend.pruner
         try:
-            policy = uniform_policy(pruner, config.target, config.metric)
+            policy = uniform_policy(self.backend, config.target, config.metric)
         except TargetError:
             return None
-        return pruner.sparsities_by_name(policy.sparsities)
+        return self.backend.pruner.sparsities_by_name(policy.sparsities)
 
     def rebudget(self, sparsities: list[float], target: float) -> list[float]:
         """``sparsities`` clamped unit by unit by an action wall at another ``target`` ratio.

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from amc.backends import ChannelBackend
 from amc.baselines import (
     TargetError,
-    cost_ratio_fn,
+    cost_ratio,
     fit_to_target,
     random_search_policy,
     sensitivity_policy,
@@ -50,7 +51,11 @@ def scorer(dataset) -> Scorer:
 
 
 def ratio(pruner: ChannelPruner, sparsities, metric: str = "flops") -> float:
-    return cost_ratio_fn(pruner, metric)(pruner.kept_for(list(sparsities)))
+    return cost_ratio(ChannelBackend(pruner), list(sparsities), metric)
+
+
+def kept_ratio(pruner: ChannelPruner, kept, metric: str = "flops") -> float:
+    return ChannelBackend(pruner).kept_costs(kept)[metric]
 
 
 def test_scorer_scores_the_configured_slice(scorer, pruner):
@@ -100,11 +105,11 @@ def test_uniform_meets_target_with_least_pruning(pruner, metric, target):
     n = len(pruner.units)
     values = list(policy.sparsities.values())
     assert len(values) == n and len(set(values)) == 1
-    exact = solve_uniform(pruner, target, cost_ratio_fn(pruner, metric))[0]
+    exact = solve_uniform(pruner, target, metric)[0]
     assert 0.0 < exact < 0.95 and values[0] == pytest.approx(exact, abs=1e-6)  # stored rounded
     kept = pruner.kept_for([exact] * n)
     assert policy.kept == dict(zip(pruner.unit_names, kept, strict=True))
-    achieved = cost_ratio_fn(pruner, metric)(kept)
+    achieved = kept_ratio(pruner, kept, metric)
     assert achieved <= target
     label = {"flops": "flops_ratio", "params": "params_ratio"}[metric]
     assert policy.ratios()[label] == pytest.approx(achieved)
@@ -169,7 +174,7 @@ def test_random_search_policy_meets_target(pruner, scorer, metric):
     values = np.array(list(policy.sparsities.values()))
     assert values.min() >= 0.0 and values.max() <= 0.8 + 1e-6
     kept = [policy.kept[name] for name in pruner.unit_names]
-    assert cost_ratio_fn(pruner, metric)(kept) <= 0.5
+    assert kept_ratio(pruner, kept, metric) <= 0.5
     assert policy.ratios()[f"{metric}_ratio"] <= 0.5
     assert policy.metrics["baseline"] == "random" and policy.metrics["trials"] == 4
     assert 0.0 <= policy.metrics["accuracy"] <= 100.0
@@ -178,10 +183,9 @@ def test_random_search_policy_meets_target(pruner, scorer, metric):
 
 
 def test_fit_to_target_shifts_all_units(pruner):
-    cost = cost_ratio_fn(pruner)
     raw = np.linspace(0.0, 0.6, len(pruner.units))
-    fitted = np.array(fit_to_target(pruner, raw, 0.4, cost))
-    assert cost(pruner.kept_for(fitted.tolist())) <= 0.4
+    fitted = np.array(fit_to_target(pruner, raw, 0.4))
+    assert ratio(pruner, fitted.tolist()) <= 0.4
     inner = (fitted > 0) & (fitted < 0.8)
     offsets = fitted[inner] - raw[inner]
     assert np.allclose(offsets, offsets[0]), "one common offset"
@@ -194,3 +198,19 @@ def test_stored_sparsities_reproduce_kept(pruner, scorer):
         random_search_policy(pruner, scorer, 0.5, metric="params", trials=4, seed=1),
     ):
         assert pruner.kept_for(list(policy.sparsities.values())) == list(policy.kept.values())
+
+
+def test_baselines_work_through_the_search_backend(pruner, scorer):
+    """A backend gives the same policies as its pruner and scorer; its model name is recorded."""
+    backend = ChannelBackend(pruner, scorer, model_name="resnet20")
+    same = uniform_policy(pruner, 0.5, scorer=scorer, model="resnet20")
+    assert uniform_policy(backend, 0.5, scorer=scorer).to_json() == same.to_json()
+    bare = ChannelBackend(pruner)  # costs and policies only; the scorer and name given win
+    assert uniform_policy(bare, 0.5, scorer=scorer, model="resnet20").to_json() == same.to_json()
+    assert uniform_policy(backend, 0.5).metrics == {"baseline": "uniform"}  # no scorer given: not scored
+    random = random_search_policy(backend, None, 0.5, trials=2, seed=1)  # the backend's scorer
+    same = random_search_policy(pruner, scorer, 0.5, trials=2, seed=1, model="resnet20")
+    assert random.to_json() == same.to_json() and random.model == "resnet20"
+    with pytest.raises(ValueError, match="scorer"):
+        random_search_policy(pruner, None, 0.5, trials=1)
+    pruner.reset()

@@ -42,6 +42,16 @@ def test_speedup_record_has_both_forms():
         assert result[prefix + "ratio"] == pytest.approx(speedup / result["flops_speedup"])
 
 
+def test_speedup_record_with_onnxruntime():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    result = pruning_speedup(create_model("resnet20", width=0.25), batch=2, repeats=5, round_to=2, onnx=True)
+    assert result["onnx_dense_ms"] > 0 and result["onnx_pruned_ms"] > 0
+    speedup = result["onnx_dense_ms"] / result["onnx_pruned_ms"]
+    assert result["onnx_ratio"] == pytest.approx(speedup / result["flops_speedup"])
+    assert "onnx_ratio" not in pruning_speedup(create_model("resnet20", width=0.25), batch=2, repeats=5)
+
+
 def test_selection_table_on_the_shipped_resnet20(sample_dataset):
     from amc.models import resolve_checkpoint
 

@@ -18,9 +18,11 @@ from conftest import randomize
 from thop import profile
 from torch import Tensor, nn
 
-from amc.baselines import cost_ratio_fn, solve_uniform
+from amc.backends import ChannelBackend
+from amc.baselines import solve_uniform
 from amc.cli import build_parser, main
-from amc.cli_search import env_config
+from amc.cli.apply import apply_env_config
+from amc.cli.search import search_env_config
 from amc.policy import Policy
 from amc.pruning.channel import ChannelPruner
 from amc.pruning.units import UnsupportedModuleError
@@ -198,9 +200,13 @@ def test_grouped_net_meets_budgets(hw):
     model = tiny_resnext(hw=hw, head="flatten")
     shape = (1, 3, hw, hw)
     pruner = ChannelPruner(model, shape)
-    ratio = cost_ratio_fn(pruner, "flops")
+    backend = ChannelBackend(pruner)
+
+    def ratio(kept: list[int]) -> float:
+        return backend.kept_costs(kept)["flops"]
+
     dense = thop_count(model, shape)[0]
-    uniform = pruner.kept_for(solve_uniform(pruner, 0.5, ratio))
+    uniform = pruner.kept_for(solve_uniform(backend, 0.5, "flops"))
     assert 0.4 < ratio(uniform) <= 0.5
     assert thop_count(pruner.export(uniform), shape)[0] / dense == ratio(uniform)
     # An episode of random actions clamped by the action wall ends at or below the budget.
@@ -285,7 +291,9 @@ def layerscale_net(num_classes: int = 10) -> nn.Module:
 
 
 def test_cli_strict_refuses_and_default_leaves_dense(tmp_path, capsys):
-    for argv, strict in ((["search", "--strict"], True), (["search"], False), (["apply", "--strict"], True)):
+    cases = [(search_env_config, ["search", "--strict"], True), (search_env_config, ["search"], False)]
+    cases += [(apply_env_config, ["apply", "--strict"], True)]
+    for env_config, argv, strict in cases:
         assert env_config(build_parser().parse_args([*argv, "--target", "flops=0.5"])).strict is strict
     pruner = ChannelPruner(layerscale_net())
     assert pruner.unit_names == ["2.0"]  # the grouped conv's output channels; the stem stays dense

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,11 @@ from amc.data import Dataset, ImageArrays
 from amc.models import create_model
 from amc.policy import Policy, PolicyError, apply_policy
 from amc.pruning.finegrained import (
+    FineGrainedConfig,
+    MagnitudePruner,
     apply_nm,
+    export_nm,
+    load_nm,
     nm_prunable,
     nm_stored_size,
     parse_nm,
@@ -241,6 +246,165 @@ def test_export_reports_the_compressed_size(tmp_path):
     assert export_onnx(model, x, tmp_path / "plain.onnx").nm_bytes is None
 
 
+# --- compressed file ------------------------------------------------------------------------------
+
+
+def same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same keys and bit-identical tensors (``-0.0 != +0.0``)."""
+    if list(a) != list(b):
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return False
+        if x.is_floating_point():
+            x, y = x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8)
+        if not torch.equal(x, y):
+            return False
+    return True
+
+
+def nm_layers(model: nn.Module, m: int) -> list[str]:
+    """The layers whose rows split into groups of ``m``, but the last: it is left dense."""
+    return [name for name, mod in prunable_weights(model).items() if nm_prunable(mod.weight, m)][:-1]
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (1, 4), (4, 8)])
+@pytest.mark.parametrize("make", [tiny_cnn, mlp])
+def test_nm_file_round_trips_exactly(make, nm, tmp_path):
+    n, m = nm
+    model = make()
+    layers = nm_layers(model, m)
+    assert layers
+    pruned = apply_nm(model, layers, nm)
+    path = tmp_path / "model_nm.pt"
+    report = export_nm(pruned, nm, path)
+    assert same_bits(load_nm(path), pruned.state_dict())
+    assert report["compressed"] == layers
+    assert report["file_bytes"] == path.stat().st_size
+    assert {k: report[k] for k in ("layers", "total", "dense")} == {
+        k: v for k, v in nm_stored_size(pruned, nm).items() if k in ("layers", "total", "dense")
+    }
+    payload = torch.load(path, weights_only=True)  # plain tensors, ints, strings, lists and dicts
+    assert payload["format"] == "amc-nm" and payload["version"] == 1 and payload["nm"] == [n, m]
+    bits = (m - 1).bit_length()
+    for key, entry in payload["tensors"].items():
+        name = key.rsplit(".", 1)[0]
+        if key.endswith(".weight") and name in layers:
+            weight = pruned.state_dict()[key]
+            rows, groups = weight.shape[0], weight[0].numel() // m
+            assert entry["shape"] == list(weight.shape)
+            assert entry["values"].shape == (rows, groups, n) and entry["values"].dtype == torch.float32
+            assert entry["indices"].dtype == torch.uint8
+            assert entry["indices"].numel() == -(-rows * groups * n * bits // 8)  # ceil(log2 M) bits each
+            assert "zero_signs" not in entry  # squashed zeros are +0.0: no sign bits needed
+        else:  # biases, and the layers left dense
+            assert isinstance(entry, torch.Tensor)
+            assert torch.equal(entry, pruned.state_dict()[key])
+
+
+def test_masked_model_is_written_as_if_squashed(tmp_path):
+    model = tiny_cnn()
+    pruner = MagnitudePruner(FineGrainedConfig(layers=("2", "6")))
+    pruner.prepare(model)
+    pruner.step({"2": 0.5, "6": 0.0}, nm=(2, 4))
+    report = export_nm(model, (2, 4), tmp_path / "masked.pt")
+    assert report["compressed"] == ["2"]
+    assert same_bits(load_nm(tmp_path / "masked.pt"), pruner.squash(model).state_dict())
+
+
+def test_negative_zeros_and_sparse_groups_are_exact(tmp_path):
+    """``weight * mask`` leaves ``-0.0`` where negative weights were dropped; the file keeps them."""
+    model = mlp()
+    weight = model[0].weight.detach()
+    keep = apply_nm(model, ["0"], (2, 4))[0].weight.detach() != 0
+    weight.mul_(keep)  # -0.0 in the dropped places of negative weights
+    weight[:3] = 0.0  # whole rows of groups with no nonzero
+    weight[3, :4] = torch.tensor([0.0, -0.0, 1.5, 0.0])  # a group with one nonzero
+    assert bool((torch.signbit(weight) & (weight == 0)).any())
+    report = export_nm(model, (2, 4), tmp_path / "signs.pt")
+    assert report["compressed"] == ["0"] and report["zero_signs"] == ["0"]
+    assert same_bits(load_nm(tmp_path / "signs.pt"), model.state_dict())
+
+
+def test_packed_indices_make_the_file_small(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 12))
+    dense_bytes = 4 * sum(p.numel() for p in model.parameters())
+    for nm, limit in (((2, 4), 0.6), ((1, 4), 0.35), ((4, 8), 0.6)):
+        pruned = apply_nm(model, ["0", "2", "4"], nm)
+        report = export_nm(pruned, nm, tmp_path / "small.pt")
+        assert report["dense"] == dense_bytes
+        assert report["file_bytes"] < limit * dense_bytes
+        assert report["total"] <= report["file_bytes"] < report["total"] + 4096  # only torch.save's framing
+        indices = torch.load(tmp_path / "small.pt", weights_only=True)["tensors"]["0.weight"]["indices"]
+        kept = 512 * 256 * nm[0] // nm[1]
+        assert indices.numel() == {(2, 4): kept // 4, (1, 4): kept // 4, (4, 8): kept * 3 // 8}[nm]
+
+
+def _corrupt(payload: dict, how: str) -> object:
+    entry = payload["tensors"]["0.weight"]
+    if how == "format":
+        payload["format"] = "amc-sparse"
+    elif how == "version":
+        payload["version"] = 2
+    elif how == "pattern":
+        payload["nm"] = [4, 2]
+    elif how == "no-tensors":
+        del payload["tensors"]
+    elif how == "indices":
+        entry["indices"].zero_()  # every kept value at position 0: not increasing
+    elif how == "short-values":
+        entry["values"] = entry["values"][:-1]
+    elif how == "index-dtype":
+        entry["indices"] = entry["indices"].to(torch.int32)
+    elif how == "shape":
+        entry["shape"] = [64, 126]
+    elif how == "signs":
+        entry["zero_signs"] = torch.zeros(3, dtype=torch.uint8)
+    elif how == "entry":
+        payload["tensors"]["0.weight"] = [1, 2]
+    elif how == "not-a-dict":
+        return [payload]
+    return payload
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "format",
+        "version",
+        "pattern",
+        "no-tensors",
+        "indices",
+        "short-values",
+        "index-dtype",
+        "shape",
+        "signs",
+        "entry",
+        "not-a-dict",
+    ],
+)
+def test_malformed_nm_file_is_refused_in_one_line(how, tmp_path):
+    path = tmp_path / "bad.pt"
+    export_nm(apply_nm(mlp(), ["0"], (2, 4)), (2, 4), path)
+    torch.save(_corrupt(torch.load(path, weights_only=True), how), path)
+    with pytest.raises(ValueError, match=re.escape(str(path))) as info:
+        load_nm(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", "truncated"])
+def test_damaged_nm_file_is_refused_in_one_line(content, tmp_path):
+    path = tmp_path / "bad.pt"
+    export_nm(apply_nm(mlp(), ["0"], (2, 4)), (2, 4), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content == "truncated" else content)
+    with pytest.raises(ValueError, match=re.escape(str(path))) as info:
+        load_nm(path)
+    assert "\n" not in str(info.value)
+
+
 # --- command line --------------------------------------------------------------------------------
 
 
@@ -257,10 +421,13 @@ def test_search_and_apply_in_nm_mode(tmp_path, capsys):
     out = tmp_path / "applied"
     args = ["apply", *TINY, "--policy", str(run / "best_policy.json"), "--out", str(out)]
     assert main([*args, "--no-recalibrate"]) == 0
-    assert "2:4 compressed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2:4 compressed" in printed and "pruned_nm.pt" in printed
     state = torch.load(out / "pruned.pt", weights_only=True)
     for name in policy.nm_layers:
         assert satisfies_nm(state[f"{name}.weight"], 2, 4)
+    assert same_bits(load_nm(out / "pruned_nm.pt"), state)  # the compressed file holds the same model
+    assert (out / "pruned_nm.pt").stat().st_size < (out / "pruned.pt").stat().st_size
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["params_ratio"] == pytest.approx(policy.ratios()["params_ratio"], rel=1e-3)
 

@@ -48,7 +48,8 @@ def test_wheel_contents(wheel):
     names = set(wheel.namelist())
     for required in (
         "amc/__init__.py",
-        "amc/cli.py",
+        "amc/cli/__init__.py",
+        "amc/cli/__main__.py",
         "amc/train.py",
         "amc/envs/__init__.py",
         "amc/agents/__init__.py",
@@ -63,6 +64,8 @@ def test_wheel_contents(wheel):
     for pattern in ("*.pt", "*.json"):
         for file in (ROOT / "amc" / "models" / "checkpoints").glob(pattern):
             assert f"amc/models/checkpoints/{file.name}" in names, file
+    for file in (ROOT / "agents" / "presets").glob("*.yaml"):  # the agents' hyper-parameter presets
+        assert f"amc/agents/presets/{file.name}" in names, file
 
 
 def test_wheel_console_script(wheel):

@@ -1,4 +1,4 @@
-"""Every Python block in the README runs as written."""
+"""Every Python block in the README and the guides in docs/ runs as written."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [
+    (f"{page.relative_to(ROOT)} python block {k}", block)
+    for page in PAGES
+    for k, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))
+]
 
 
 def test_the_readme_has_python_blocks():
+    assert any(name.startswith("README.md") for name, _ in BLOCKS)
     assert len(BLOCKS) >= 2
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, block", BLOCKS, ids=[name for name, _ in BLOCKS])
+def test_readme_python_block_runs(name, block, tmp_path, monkeypatch):
     """The block runs in a fresh namespace; only the search's episode count is capped, for time."""
     import amc.api
 
@@ -27,4 +33,4 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
 
     monkeypatch.setattr(amc.api, "search", short_search)
     monkeypatch.chdir(tmp_path)
-    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
+    exec(compile(block, name, "exec"), {"__name__": "readme"})

@@ -73,6 +73,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def load_events(run_dir: Path) -> EventAccumulator:
+    """The TensorBoard records of a run folder (all its event files) or of one event file."""
     guidance = {
         "scalars": 0,
         "images": 0,
@@ -111,7 +112,7 @@ def test_run_folder_contents(finished_run):
         assert (run_dir / name).is_file(), name
     for name in ("buffer.npz", "state.json"):
         assert (run_dir / name).is_file(), name
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # see test_one_event_file_per_process
     assert not list(run_dir.glob("*.tmp*"))
 
     config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -278,6 +279,24 @@ def test_tensorboard_records(finished_run):
         assert steps and min(steps) > WARMUP * 12 and all(np.isfinite(e.value) for e in events.Scalars(tag))
 
 
+def test_one_event_file_per_process(finished_run):
+    """The agent and the recorder log through one logger: one event file holds everything."""
+    run_dir, _ = finished_run
+    (path,) = run_dir.glob("events.out.tfevents.*")
+    events = load_events(path)
+    tags = events.Tags()
+    scalars = set(tags["scalars"])
+    assert {*EPISODE_TAGS, "best/reward", "final/accuracy", "hparam/best_reward"} <= scalars
+    assert {"train/actor_loss", "train/critic_loss"} <= scalars  # stable-baselines3's, at its timesteps
+    assert {"best/policy", "search/sparsity_heatmap"} <= set(tags["images"])
+    assert "episode/actions" in tags["histograms"]
+    assert any(t.startswith("best/policy_table") for t in tags["tensors"])
+    assert any(t.startswith("run/hparams") for t in tags["tensors"])
+    # the episode records stay on the episode axis, the agent's on its timesteps
+    assert [e.step for e in events.Scalars("episode/reward")] == [1, 2, 3, 4, 5, 6]
+    assert min(e.step for e in events.Scalars("train/actor_loss")) > WARMUP * 12
+
+
 def test_existing_run_folder_is_refused(finished_run, capsys):
     run_dir, _ = finished_run
     before = (run_dir / "episodes.csv").read_text()
@@ -307,16 +326,16 @@ def test_rollout_on_another_model(finished_run):
 def test_apply_with_an_agent_loads_model_and_data_once(finished_run, tmp_path, monkeypatch):
     import amc.envs.config
 
-    import amc.cli
+    import amc.cli.common
 
     run_dir, _ = finished_run
-    real, calls = amc.cli.load_model_and_data, []
+    real, calls = amc.cli.common.load_model_and_data, []
 
     def counted(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(amc.cli, "load_model_and_data", counted)
+    monkeypatch.setattr(amc.cli.common, "load_model_and_data", counted)
     monkeypatch.setattr(amc.envs.config, "load_model_and_data", counted)
     argv = ["apply", "--agent", str(run_dir / "agent.pt"), "--model", "resnet20", "--checkpoint", "none"]
     argv += ["--width", "0.25", "--search-images", "32", "--threads", "1", "--out", str(tmp_path / "out")]
@@ -379,6 +398,9 @@ def test_resume_after_a_simulated_kill(tmp_path):
     assert len((run_dir / "command.txt").read_text().splitlines()) == 2
     with np.load(run_dir / "buffer.npz") as z:
         assert tuple(z["meta"][:3]) == (84, 0, 7)
+    first, second = sorted(run_dir.glob("events.out.tfevents.*"))  # one event file per search process
+    assert [e.step for e in load_events(first).Scalars("episode/reward")] == [1, 2, 3, 4]
+    assert [e.step for e in load_events(second).Scalars("episode/reward")] == [5, 6, 7]
     events = load_events(run_dir)
     assert [e.step for e in events.Scalars("episode/reward")] == [1, 2, 3, 4, 5, 6, 7]
     np.testing.assert_allclose(
@@ -465,8 +487,17 @@ OPTIONS = {
     | {"--agent", "--episodes", "--warmup", "--seed", "--envs", "--hp", "--runs-dir", "--name", "--resume"}
     | {"--finalists"}
     | {"--episodes-override", "--no-progress", "--no-summary"},
-    "apply": COMMON | ENV_OPTIONS | {"--policy", "--agent", "--finetune-epochs", "--finetune-lr", "--out"},
-    "compare": COMMON | ENV_OPTIONS | {"--baselines", "--policy", "--trials", "--seed", "--out"},
+    "apply": COMMON
+    | ENV_OPTIONS - {"--reward", "--selection-images"}
+    | {"--policy", "--agent", "--finetune-epochs", "--finetune-lr", "--out"},
+    "compare": COMMON
+    | ENV_OPTIONS - {"--mode", "--reward"}
+    | {"--baselines", "--policy", "--trials", "--seed", "--out"},
+}
+WORDS = {
+    "search": ("flops=0.5", "channel", "finegrained", *REWARDS),
+    "apply": ("flops=0.5", "channel", "finegrained"),  # the --agent rollout ranks by the default reward
+    "compare": ("flops=0.5", "params=0.3"),  # channel pruning at a flops or params budget
 }
 
 
@@ -484,7 +515,7 @@ def test_help_lists_every_option(command, capsys):
         if action.option_strings and action.dest != "help":
             assert action.help, f"{command} {action.option_strings} has no help"
     assert OPTIONS[command] <= declared, OPTIONS[command] - declared
-    for word in ("flops=0.5", "channel", "finegrained", *REWARDS):
+    for word in WORDS[command]:
         assert word in text, word
     if command == "search":
         for agent in ("ddpg", "td3", "sac"):

@@ -184,6 +184,40 @@ def augment(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     return padded[torch.arange(n).view(n, 1, 1), rows, cols]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of every batch in data-parallel training (``torchrun``).
+
+    Process ``rank`` of ``size`` takes rows ``rank, rank + size, ...`` of each global batch of
+    ``batch_size`` images, so the shares of one batch are disjoint and together make the batch a
+    single process would train on (what ``DistributedSampler`` gives when the batch size is a
+    multiple of ``size``). Every process draws the order, and the augmentation of whole batches,
+    from the same seeded generator, so the shares also change with the epoch together. A last
+    batch with fewer images than processes is dropped by all of them (each must take part in
+    every step).
+    """
+
+    rank: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.size:
+            raise ValueError(f"rank {self.rank} must lie in [0, {self.size})")
+
+    def rows(self, batch: int) -> slice | None:
+        """The rows of a ``batch``-image global batch this process takes (``None``: the batch is dropped)."""
+        return slice(self.rank, None, self.size) if batch >= self.size else None
+
+    def batches(self, order: Tensor, batch_size: int) -> list[Tensor]:
+        """This process's indices of each global batch of ``order`` (dropped batches left out)."""
+        shares = []
+        for batch in order.split(batch_size):
+            rows = self.rows(len(batch))
+            if rows is not None:
+                shares.append(batch[rows])
+        return shares
+
+
 def visit_order(length: int, shuffle: bool, generator: torch.Generator, limit: int | None = None) -> Tensor:
     """The indices a pass over ``length`` images visits (see :func:`iterate_batches`)."""
     n = length if limit is None else min(limit, length)
@@ -200,6 +234,7 @@ def iterate_batches(
     augmented: bool = False,
     generator: torch.Generator | None = None,
     limit: int | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield normalised ``(images, labels)`` batches from a split.
 
@@ -217,11 +252,14 @@ def iterate_batches(
         generator: Source of randomness for shuffling and augmentation.
         limit: Use only ``limit`` images: the first ones after shuffling, else evenly spaced
             ones (splits are often sorted by class; the first ``limit`` would miss classes).
+        shard: Data-parallel training: yield only this process's share of each batch of
+            ``batch_size`` images (:class:`Shard`); the generator must be seeded alike on
+            every process.
     """
     if not isinstance(data, ImageArrays) or (augmented and dataset.input_size is not None):
         from amc.data.stream import split_loader, worker_errors  # stream imports this module
 
-        loader = split_loader(data, dataset, batch_size, shuffle, augmented, generator, limit)
+        loader = split_loader(data, dataset, batch_size, shuffle, augmented, generator, limit, shard)
         yield from worker_errors(loader)
         return
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -232,5 +270,10 @@ def iterate_batches(
         idx = order[start : start + batch_size]
         batch = images[idx]
         if augmented:
-            batch = augment(batch, gen)
+            batch = augment(batch, gen)  # the whole batch: the generator stays in step on every process
+        if shard is not None:
+            rows = shard.rows(len(idx))
+            if rows is None:
+                continue
+            batch, idx = batch[rows], idx[rows]
         yield to_tensor(batch, dataset.mean, dataset.std), labels[idx]

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from amc.data.base import DatasetError, ImageArrays, to_tensor, visit_order
+from amc.data.base import DatasetError, ImageArrays, Shard, to_tensor, visit_order
 from amc.data.transforms import eval_transform, to_array, train_transform
 from amc.files import atomic_path
 
@@ -42,8 +42,14 @@ CHANNELS = {"RGB": 3, "L": 1}
 
 
 def default_workers() -> int:
-    """Data-loading worker processes when none are given: ``min(4, CPU count)``."""
-    return min(4, os.cpu_count() or 1)
+    """Data-loading worker processes when none are given: ``min(4, CPU count)``.
+
+    Under ``torchrun`` the processes of a machine share its cores: each gets its share of them.
+    """
+    from amc.distributed import launched
+
+    job = launched()
+    return max(1, min(4, (os.cpu_count() or 1) // (job.local_size if job is not None else 1)))
 
 
 def open_image(path: str | Path, mode: str = "RGB") -> Image.Image:
@@ -246,6 +252,7 @@ def split_loader(
     augmented: bool = False,
     generator: torch.Generator | None = None,
     limit: int | None = None,
+    shard: Shard | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` of normalised ``(images, labels)`` batches over a split, with workers.
 
@@ -260,15 +267,20 @@ def split_loader(
         augmented: Training view: random-resized crop and horizontal flip.
         generator: Source of the order and of the crops' seed.
         limit: Use only ``limit`` images (see :func:`~amc.data.iterate_batches`).
+        shard: Load only this process's share of each batch (:class:`~amc.data.base.Shard`);
+            crops are seeded by image index, so each image gets the crop it gets in one process.
     """
     size = dataset.input_size or data.images.shape[1]
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     order = visit_order(len(data), shuffle, gen, limit)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    if shard is None:
+        batching = {"batch_size": batch_size, "sampler": order.tolist()}
+    else:
+        batching = {"batch_sampler": [b.tolist() for b in shard.batches(order, batch_size)]}
     return DataLoader(
         SplitImages(data, size, augmented, seed),
-        batch_size=batch_size,
-        sampler=order.tolist(),
+        **batching,
         num_workers=dataset.workers,
         collate_fn=Normalised(dataset.mean, dataset.std),
         generator=torch.Generator().manual_seed(seed),

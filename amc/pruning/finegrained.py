@@ -15,6 +15,7 @@ weights and removes the parametrizations, leaving a plain model whose pruned wei
 >>> pruner.reset()                                        # dense again
 >>> plain = pruner.squash(model)
 >>> export_sparse(plain, "model.sparse.pt")               # CSR where it is smaller
+>>> export_nm(plain, (2, 4), "model.nm.pt")                # N:M weights as values + 2-bit indices
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ __all__ = [
     "MagnitudePruner",
     "SparsityReport",
     "apply_nm",
+    "export_nm",
     "export_sparse",
+    "load_nm",
     "load_sparse",
     "nm_prunable",
     "nm_stored_size",
@@ -61,6 +64,8 @@ _FORMAT = "amc-sparse"
 _VERSION = 1
 _VALUE_BYTES = 4  # weights are costed as float32
 _INDEX_BYTES = 4  # CSR indices are int32
+_NM_FORMAT = "amc-nm"
+_NM_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,12 @@ class _WeightMask(nn.Module):
         self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool))
 
     def forward(self, weight: Tensor) -> Tensor:
-        """Return the masked weight."""
-        return weight * self.mask
+        """Return the masked weight, with ``+0.0`` in the masked entries.
+
+        ``weight * mask`` would give ``-0.0`` for negative weights, whose signs
+        :func:`export_nm` would then have to store.
+        """
+        return torch.where(self.mask, weight, 0.0)
 
 
 def prunable_weights(model: nn.Module, exclude_first_last: bool = False) -> dict[str, nn.Module]:
@@ -650,8 +659,17 @@ def nm_stored_size(model: nn.Module, nm: tuple[int, int]) -> dict:
         "total": int, "dense": int, "ratio": float}`` (``ratio``: float32 dense over ``total``).
     """
     n, m = parse_nm(nm)
-    bits = max(1, math.ceil(math.log2(m)))
-    state, weight_keys = _effective_state(model), _weight_keys(model)
+    return _nm_report(_effective_state(model), _weight_keys(model), n, m)
+
+
+def _nm_bits(m: int) -> int:
+    """Bits of one index into a group of ``m``: ``ceil(log2 m)``."""
+    return max(1, (m - 1).bit_length())
+
+
+def _nm_report(state: dict[str, Tensor], weight_keys: dict[str, str], n: int, m: int) -> dict:
+    """The :func:`nm_stored_size` report of a state dict."""
+    bits = _nm_bits(m)
     layers: dict[str, int] = {}
     compressed: list[str] = []
     dense = other = 0
@@ -676,6 +694,178 @@ def nm_stored_size(model: nn.Module, nm: tuple[int, int]) -> dict:
         "dense": other + dense,
         "ratio": (other + dense) / total if total else 1.0,
     }
+
+
+def _pack_bits(values: Tensor, bits: int) -> Tensor:
+    """Pack non-negative integers below ``2**bits`` into a little-endian uint8 bit stream."""
+    shifts = torch.arange(bits, dtype=torch.int32)
+    stream = ((values.reshape(-1, 1).to(torch.int32) >> shifts) & 1).to(torch.uint8).flatten()
+    stream = torch.cat([stream, stream.new_zeros(-stream.numel() % 8)]).reshape(-1, 8)
+    return (stream << torch.arange(8, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
+    """The ``count`` integers of ``bits`` bits each that :func:`_pack_bits` packed, as int64."""
+    stream = (packed.reshape(-1, 1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    stream = stream.flatten()[: count * bits].reshape(count, bits).to(torch.int64)
+    return (stream << torch.arange(bits, dtype=torch.int64)).sum(dim=1)
+
+
+def _to_nm(weight: Tensor, n: int, m: int) -> dict[str, Tensor | list[int]]:
+    """Encode a weight that satisfies N:M as its kept values, packed indices and dropped-zero signs."""
+    groups = weight.detach().cpu().reshape(weight.shape[0], -1, m)
+    # the nonzeros of each group first (at most n), then zeros, in position order; then ascending
+    order = torch.sort((groups != 0).to(torch.int8), dim=2, descending=True, stable=True).indices
+    index = order[..., :n].sort(dim=2).values
+    entry: dict[str, Tensor | list[int]] = {
+        "shape": list(weight.shape),
+        "values": groups.gather(2, index).contiguous(),
+        "indices": _pack_bits(index, _nm_bits(m)),
+    }
+    dropped = groups[~torch.zeros_like(groups, dtype=torch.bool).scatter_(2, index, True)]
+    signs = torch.signbit(dropped)  # the dropped entries are zeros; keep -0.0 exact
+    if signs.any():
+        entry["zero_signs"] = _pack_bits(signs, 1)
+    return entry
+
+
+def _from_nm(entry: object, key: str, n: int, m: int, where: str) -> Tensor:
+    """Decode an :func:`_to_nm` entry back into the dense weight, checking every field."""
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{where}: N:M entry '{key}' {problem}")
+
+    if not isinstance(entry, dict) or set(entry) - {"shape", "values", "indices", "zero_signs"}:
+        raise bad("is not a dict of shape, values, indices (and zero_signs)")
+    shape, values, packed = entry.get("shape"), entry.get("values"), entry.get("indices")
+    if not (isinstance(shape, list) and len(shape) >= 2 and all(type(s) is int and s > 0 for s in shape)):
+        raise bad(f"has shape {shape!r}, not a list of at least 2 positive ints")
+    rows, cols = shape[0], math.prod(shape[1:])
+    if cols % m:
+        raise bad(f"has rows of {cols} weights, not a multiple of {m}")
+    kept = rows * (cols // m) * n
+    if not (isinstance(values, Tensor) and values.is_floating_point() and values.numel() == kept):
+        raise bad(f"needs {kept} floating-point values for shape {shape}")
+    bits = _nm_bits(m)
+    if not (
+        isinstance(packed, Tensor)
+        and packed.dtype == torch.uint8
+        and packed.numel() == math.ceil(kept * bits / 8)
+    ):
+        raise bad(f"needs {math.ceil(kept * bits / 8)} uint8 bytes of {bits}-bit indices")
+    index = _unpack_bits(packed, bits, kept).reshape(rows, cols // m, n)
+    if not (bool((index < m).all()) and bool((index.diff(dim=2) > 0).all())):
+        raise bad(f"has indices that are not increasing positions below {m} within each group")
+    groups = torch.zeros(rows, cols // m, m, dtype=values.dtype)
+    groups.scatter_(2, index, values.reshape(rows, cols // m, n))
+    if "zero_signs" in entry:
+        signs = entry["zero_signs"]
+        dropped = rows * (cols // m) * (m - n)
+        if not (
+            isinstance(signs, Tensor)
+            and signs.dtype == torch.uint8
+            and signs.numel() == math.ceil(dropped / 8)
+        ):
+            raise bad(f"needs {math.ceil(dropped / 8)} uint8 bytes of zero signs")
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, index, True)
+        groups[~keep] = torch.where(_unpack_bits(signs, 1, dropped).bool(), -0.0, 0.0).to(values.dtype)
+    return groups.reshape(shape)
+
+
+def export_nm(model: nn.Module, nm: tuple[int, int], path: str | Path) -> dict:
+    """Write the model's state dict with each N:M-sparse Conv2d/Linear weight in compressed N:M form.
+
+    The file holds ``{"format": "amc-nm", "version": 1, "nm": [N, M], "tensors": {key: value}}``.
+    A weight that satisfies the pattern (:func:`satisfies_nm`; its rows split into groups of
+    ``M``) is a dict of ``shape`` (list of ints), ``values`` (the ``N`` kept weights of every
+    group, shape ``[rows, cols / M, N]``, the weight's dtype) and ``indices`` (each kept
+    value's position in its group, ascending within the group, packed ``ceil(log2 M)`` bits
+    each, least significant first, into a uint8 tensor); a group with fewer than ``N``
+    nonzeros keeps some zeros. The dropped entries load as ``+0.0``; only if some of them are
+    ``-0.0`` does the entry add ``zero_signs``, one sign bit per dropped entry packed the same
+    way. Every other tensor is stored as it is. It loads with ``torch.load(weights_only=True)``;
+    a masked model is written as if squashed. The write is atomic.
+
+    Args:
+        model: A plain or masked model.
+        nm: The ``(N, M)`` pattern.
+        path: Output file.
+
+    Returns:
+        The :func:`nm_stored_size` report plus ``file_bytes``, the size of the written file,
+        and ``zero_signs``, the layers whose entry needed sign bits.
+    """
+    from amc.files import atomic_path
+
+    n, m = parse_nm(nm)
+    path = Path(path)
+    state, weight_keys = _effective_state(model), _weight_keys(model)
+    report = _nm_report(state, weight_keys, n, m)
+    compressed = set(report["compressed"])
+    tensors: dict[str, object] = {}
+    for key, value in state.items():
+        if weight_keys.get(key) in compressed:
+            tensors[key] = _to_nm(value, n, m)
+        else:
+            tensors[key] = value.detach().cpu().contiguous()
+    with atomic_path(path) as tmp:
+        torch.save({"format": _NM_FORMAT, "version": _NM_VERSION, "nm": [n, m], "tensors": tensors}, tmp)
+    report["file_bytes"] = path.stat().st_size
+    report["zero_signs"] = [
+        weight_keys[k] for k, v in tensors.items() if isinstance(v, dict) and "zero_signs" in v
+    ]
+    log.info(
+        "wrote %s: %d bytes on disk, %d of %d weights as %d:%d; float32 dense %d bytes, N:M %d bytes (%.2fx)",
+        path,
+        report["file_bytes"],
+        len(compressed),
+        len(weight_keys),
+        n,
+        m,
+        report["dense"],
+        report["total"],
+        report["ratio"],
+    )
+    return report
+
+
+def load_nm(path: str | Path) -> dict[str, Tensor]:
+    """Read a file written by :func:`export_nm` back into the exact dense state dict.
+
+    Args:
+        path: The file.
+
+    Returns:
+        State-dict key -> dense tensor, bit for bit the state dict of the (squashed) model
+        that was written, ready for ``model.load_state_dict``.
+
+    Raises:
+        ValueError: The file is unreadable, not an ``amc-nm`` file, or an entry is
+            inconsistent (a one-line message naming the file).
+    """
+    from amc.files import load_weights
+
+    payload = load_weights(path, f"{_NM_FORMAT} file")
+    if not isinstance(payload, dict) or payload.get("format") != _NM_FORMAT:
+        raise ValueError(f"{path} is not an {_NM_FORMAT} file (write it with export_nm)")
+    if payload.get("version") != _NM_VERSION:
+        raise ValueError(
+            f"{path} has {_NM_FORMAT} version {payload.get('version')!r}; expected {_NM_VERSION}"
+        )
+    pattern, tensors = payload.get("nm"), payload.get("tensors")
+    try:
+        n, m = parse_nm(pattern)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path} has N:M pattern {pattern!r}, not [N, M] with 0 < N < M") from None
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors):
+        raise ValueError(f"{path} has no dict of tensors")
+    state: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        if isinstance(value, Tensor):
+            state[key] = value
+        else:
+            state[key] = _from_nm(value, key, n, m, str(path))
+    return state
 
 
 def apply_nm(model: nn.Module, layers: Iterable[str], nm: tuple[int, int]) -> nn.Module:

@@ -12,6 +12,54 @@ from amc.data import load_dataset
 from amc.models import create_model, resolve_checkpoint
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``amc benchmark``."""
+    p = sub.add_parser(
+        "benchmark",
+        help="measure episode overhead, pruning speed-up, latency prediction",
+        description="Benchmarks quoted in the README. Ratios are against a baseline measured "
+        "in the same run (alternated), medians.",
+    )
+    p.add_argument(
+        "what",
+        choices=["overhead", "speedup", "latency", "envs", "selection"],
+        help="overhead: default search episode (reconstruction, BN recalibration, scoring, agent "
+        "update) / dense forward; speedup: latency vs FLOPs speed-up "
+        "at 50%% FLOPs; latency: table prediction vs measurement; envs: parallel episodes; "
+        "selection: uniform 50%% FLOPs with/without reconstruction and BN recalibration",
+    )
+    p.add_argument("--models", nargs="+", default=["resnet20"], help="zoo models (default: resnet20)")
+    p.add_argument("--checkpoint", default="shipped", help="'shipped' (if any) or 'none'")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="search images scored per episode, for 'overhead' and 'envs' (default: amc search's)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="repetitions (default: 7 for overhead, 60 for speedup)"
+    )
+    p.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the pruned model (default: 0.5)")
+    p.add_argument("--batch", type=int, default=32, help="batch size of latency measurements (default: 32)")
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="kept channels are multiples of this, for 'speedup' (default: 1)",
+    )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="with 'speedup': also time both models exported to ONNX and run by onnxruntime "
+        "(needs the onnx extra)",
+    )
+    p.add_argument("--envs", type=int, default=2, help="parallel environments for 'envs' (default: 2)")
+    p.add_argument("--episodes", type=int, default=8, help="timed episodes for 'envs' (default: 8)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.set_defaults(func=cmd_benchmark)
+
+
 def _checkpoint(name: str, checkpoint: str) -> str | None:
     """The checkpoint's path, or ``None`` where there is none: timing does not depend on the weights."""
     try:
@@ -59,12 +107,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 + "  ".join(f"{k} {r['parts_s'][k]:.3f} s ({100 * v:.0f} %)" for k, v in r["shares"].items())
             )
     elif args.what == "speedup":
+        if args.onnx:
+            from amc.export import require_onnx
+
+            require_onnx()
         for name in args.models:
             results[name] = pruning_speedup(
-                _model(name, args.checkpoint), args.target, args.batch, args.repeats, round_to=args.round_to
+                _model(name, args.checkpoint),
+                args.target,
+                args.batch,
+                args.repeats,
+                round_to=args.round_to,
+                onnx=args.onnx,
             )
             r = results[name]
-            for prefix, form in (("", "eager"), ("deployed_", "BN folded")):
+            forms = [("", "eager"), ("deployed_", "BN folded")] + [("onnx_", "ONNX")] * args.onnx
+            for prefix, form in forms:
                 dense, pruned = r[prefix + "dense_ms"], r[prefix + "pruned_ms"]
                 print(
                     f"{name:<14} {form:<9} latency {dense:.2f} -> {pruned:.2f} ms "
@@ -98,45 +156,3 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``amc benchmark``."""
-    p = sub.add_parser(
-        "benchmark",
-        help="measure episode overhead, pruning speed-up, latency prediction",
-        description="Benchmarks quoted in the README. Ratios are against a baseline measured "
-        "in the same run (alternated), medians.",
-    )
-    p.add_argument(
-        "what",
-        choices=["overhead", "speedup", "latency", "envs", "selection"],
-        help="overhead: default search episode (reconstruction, BN recalibration, scoring, agent "
-        "update) / dense forward; speedup: latency vs FLOPs speed-up "
-        "at 50%% FLOPs; latency: table prediction vs measurement; envs: parallel episodes; "
-        "selection: uniform 50%% FLOPs with/without reconstruction and BN recalibration",
-    )
-    p.add_argument("--models", nargs="+", default=["resnet20"], help="zoo models (default: resnet20)")
-    p.add_argument("--checkpoint", default="shipped", help="'shipped' (if any) or 'none'")
-    p.add_argument(
-        "--images",
-        type=int,
-        default=None,
-        help="search images scored per episode, for 'overhead' and 'envs' (default: amc search's)",
-    )
-    p.add_argument(
-        "--repeats", type=int, default=None, help="repetitions (default: 7 for overhead, 60 for speedup)"
-    )
-    p.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the pruned model (default: 0.5)")
-    p.add_argument("--batch", type=int, default=32, help="batch size of latency measurements (default: 32)")
-    p.add_argument(
-        "--round-to",
-        type=int,
-        default=1,
-        help="kept channels are multiples of this, for 'speedup' (default: 1)",
-    )
-    p.add_argument("--envs", type=int, default=2, help="parallel environments for 'envs' (default: 2)")
-    p.add_argument("--episodes", type=int, default=8, help="timed episodes for 'envs' (default: 8)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
-    p.add_argument("--json", action="store_true", help="also print the results as JSON")
-    p.set_defaults(func=cmd_benchmark)

@@ -1,0 +1,7 @@
+"""``python -m amc.cli``: the ``amc`` command."""
+
+import sys
+
+from amc.cli import main
+
+sys.exit(main())
