@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from amc.cost import time_calls
 from amc.files import atomic_path
 from amc.plots import MissingExtraError
 
@@ -221,14 +221,7 @@ def onnx_latency_ms(
     if isinstance(session, (str, Path)):
         session = onnx_session(session, threads)
     x = np.random.default_rng(0).standard_normal(input_size, dtype=np.float32)
-    for _ in range(warmup):
-        run_onnx(session, x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_onnx(session, x)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return time_calls(lambda: run_onnx(session, x), torch.device("cpu"), warmup, repeats).median_ms
 
 
 def evaluate_onnx(

@@ -21,6 +21,7 @@ from amc.cost.latency import (
     measure_latency,
     measured_pair,
     predicted_vs_measured,
+    time_calls,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "measure_latency",
     "measured_pair",
     "predicted_vs_measured",
+    "time_calls",
     "total_macs",
     "total_params",
 ]

@@ -61,6 +61,7 @@ __all__ = [
     "measure_latency",
     "measured_pair",
     "predicted_vs_measured",
+    "time_calls",
 ]
 
 FORMAT_VERSION = 1
@@ -123,8 +124,8 @@ def _num_threads(threads: int | None):
         torch.set_num_threads(saved)
 
 
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> LatencyStats:
-    """Time ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> LatencyStats:
+    """Latency of ``fn`` (ms): ``repeats`` timed calls after ``warmup`` untimed ones, on ``device``."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     for _ in range(warmup):
@@ -185,7 +186,7 @@ def measure_latency(
     target = on_device(model, dev)
     x = example_input(input_size, dev, model_dtype(target))
     with _num_threads(threads), eval_mode(target), torch.inference_mode():
-        return _time(lambda: target(x), dev, warmup, repeats)
+        return time_calls(lambda: target(x), dev, warmup, repeats)
 
 
 @dataclass
@@ -295,7 +296,7 @@ def _time_layer(
     """Median ms of one isolated layer at ``kept = (in, out)``; ``timing = (warmup, repeats)``."""
     layer, x = _isolated(spec, *kept, device, dtype)
     with torch.inference_mode():
-        return _time(lambda: layer(x), device, *timing).median_ms
+        return time_calls(lambda: layer(x), device, *timing).median_ms
 
 
 def _measure_grids(
