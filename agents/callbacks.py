@@ -20,6 +20,7 @@ from amc.agents.agent_file import AGENT_FILE, SPEC_FILE, AgentSpec, save_agent
 from amc.agents.tensorboard import policy_bar_chart, policy_heatmap, policy_table
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, Image, Logger, configure
+from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from amc.files import append_text, commit, temp_path, write_atomic
@@ -80,6 +81,8 @@ class EpisodeRecorder:
         self.best: dict = state.get("best", {})
         self.finalists = finalists
         self.candidates: list[dict] = state.get("candidates", [])
+        self.raced = int(state.get("raced", 0))
+        self._sent_bar: float | None = None
         self.progress = progress
         self.saved_episodes = self.episodes
         self.t0 = time.time()
@@ -139,9 +142,12 @@ class EpisodeRecorder:
         values = {f"episode/{k}": float(v) for k, v in episode_summary(ep, info).items() if k != "episode"}
         values.update({f"episode/{k}": float(v) for k, v in (scalars or {}).items()})
         values["episode/actions"] = np.asarray(info["sparsities"], dtype=np.float64)  # a histogram
-        if not self.best or info["reward"] > self.best["reward"]:
-            values.update(self._new_best(ep, info))
-        self._keep_candidate(ep, info)
+        if info.get("scored_images") is not None:  # stopped by its race: below every finalist
+            self.raced += 1
+        else:
+            if not self.best or info["reward"] > self.best["reward"]:
+                values.update(self._new_best(ep, info))
+            self._keep_candidate(ep, info)
         best = {k: v for k, v in self.best.items() if k in ("reward", "accuracy", *RATIOS)}
         values.update({f"best/{k}": float(v) for k, v in best.items()})
         if ep % HEATMAP_EVERY == 0:
@@ -160,7 +166,7 @@ class EpisodeRecorder:
         text = io.StringIO()
         writer = csv.writer(text)
         if not path.exists() or path.stat().st_size == 0:
-            writer.writerow(["episode", "reward", "accuracy", *RATIOS, *self.unit_names])
+            writer.writerow(["episode", "reward", "accuracy", *RATIOS, *self.unit_names, "scored_images"])
         writer.writerow(
             [
                 ep,
@@ -168,6 +174,7 @@ class EpisodeRecorder:
                 f"{info['accuracy']:.4f}",
                 *(f"{info[k]:.6f}" if k in info else "" for k in RATIOS),
                 *(f"{s:.6f}" for s in info["sparsities"]),
+                "" if info.get("scored_images") is None else info["scored_images"],
             ]
         )
         append_text(path, text.getvalue())
@@ -190,6 +197,23 @@ class EpisodeRecorder:
             return {}
         title = f"per-unit sparsity over {len(history)} episodes"
         return {"search/sparsity_heatmap": Image(policy_heatmap(history.T, self.unit_names, title), "HWC")}
+
+    def race_bar(self) -> float | None:
+        """The reward an episode must beat to join the final candidates, once there are enough of them.
+
+        That is the worst finalist's reward (with no finalists, the best episode's); ``None``
+        until the finalists are complete, so the first episodes are scored in full.
+        """
+        if not self.finalists:
+            return self.best["reward"] if self.best else None
+        return self.candidates[-1]["reward"] if len(self.candidates) == self.finalists else None
+
+    def update_race(self, vec_env: VecEnv) -> None:
+        """Give the environments the current :meth:`race_bar`, when it changed."""
+        bar = self.race_bar()
+        if bar != self._sent_bar:
+            vec_env.set_attr("race_bar", bar)
+            self._sent_bar = bar
 
     def _keep_candidate(self, ep: int, info: dict) -> None:
         """Keep the ``finalists`` best episodes by reward (ties: the earlier episode)."""
@@ -241,6 +265,7 @@ class EpisodeRecorder:
             "episodes": self.episodes,
             "best": self.best,
             "candidates": self.candidates,
+            "raced": self.raced,
             "elapsed": self.elapsed + time.time() - self.t0,
             **extra_state,
         }
@@ -292,12 +317,14 @@ class SearchCallback(BaseCallback):
             # so undo it (otherwise sigma decays one episode early, and once more per resume).
             self.noise.load_state(self.noise_state)
         self.recorder.start()
+        self.recorder.update_race(self.training_env)
 
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
             if done and "accuracy" in info:
                 scalars = {"noise_sigma": self.noise.sigma} if self.noise is not None else None
                 self.recorder.record(info, scalars)
+        self.recorder.update_race(self.training_env)
         return True
 
     def _save_agent(self, run: Path) -> list[str]:

@@ -192,6 +192,7 @@ def _start(
             propose = _ask_tell(config, vec_env, env.n, hp, recorder, state)
     finally:
         vec_env.close()
+    env.race_bar = None  # the final selection scores its candidates in full
     best = recorder.best
     if env.backend.scorer.has_selection and recorder.candidates:
         best = select_final(env, recorder, propose)
@@ -201,6 +202,7 @@ def _start(
         "run_dir": str(run_dir),
         "agent": config.agent,
         "episodes": recorder.episodes,
+        "raced": recorder.raced,
         "warmup": warmup,
         "best": best,
         "seconds": recorder.elapsed + time.time() - recorder.t0,
@@ -263,12 +265,14 @@ def _ask_tell(
     if state is not None:
         searcher.load_state(state["searcher"])
     recorder.start()
+    recorder.update_race(vec_env)
     while recorder.episodes < config.episodes:
         count = min(config.envs, config.episodes - recorder.episodes)
         actions = [searcher.ask() for _ in range(count)]
         for info in _play_round(vec_env, actions, n_units)[:count]:
             searcher.tell(np.asarray(info["actions"]), info["reward"])
             recorder.record(info)
+        recorder.update_race(vec_env)
         recorder.checkpoint(lambda _: [], {"searcher": searcher.state()})
     recorder.close()
 

@@ -19,7 +19,7 @@ from amc.cost import measured_pair
 from amc.policy import Policy
 from amc.pruning.channel import ChannelPruner
 from amc.pruning.finegrained import FineGrainedConfig, MagnitudePruner
-from amc.scoring import Scorer
+from amc.scoring import Race, Scorer
 
 log = logging.getLogger(__name__)
 UNIT_KINDS = ("conv", "depthwise", "residual", "linear")
@@ -96,8 +96,10 @@ class ChannelBackend:
         out.update({f"{k}_absolute": v for k, v in absolute.items()})
         return out
 
-    def score(self, sparsities: Sequence[float], on: str = "search") -> float:
+    def score(self, sparsities: Sequence[float], on: str = "search", race: Race | None = None) -> float:
         """Top-1 accuracy (%) of the network pruned to ``sparsities`` on the scorer's ``on`` images.
+
+        ``race``: stop scoring once the network cannot reach its bar (:class:`~amc.scoring.Race`).
 
         The network is scored physically pruned (:meth:`ChannelPruner.export`): its output
         equals the pseudo-pruned network's, at about the pruned share of the dense cost. If a
@@ -106,7 +108,7 @@ class ChannelBackend:
         """
         kept = self.pruner.kept_for(list(sparsities))
         model = self._cut(kept) if self.physical else None
-        return self.scorer.evaluate(model if model is not None else self.pruner.apply(kept), on)
+        return self.scorer.evaluate(model if model is not None else self.pruner.apply(kept), on, race)
 
     def _cut(self, kept: Sequence[int]) -> nn.Module | None:
         """The physically pruned network, or ``None`` from now on if cutting fails."""
@@ -206,11 +208,11 @@ class FineGrainedBackend:
             "params_absolute": params,
         }
 
-    def score(self, sparsities: Sequence[float], on: str = "search") -> float:
+    def score(self, sparsities: Sequence[float], on: str = "search", race: Race | None = None) -> float:
         """Top-1 accuracy (%) with the masks for ``sparsities`` on the scorer's ``on`` images."""
         self.masker.step(dict(zip(self.layers, map(float, sparsities), strict=True)))
         with torch.no_grad():
-            return self.scorer.evaluate(self.model, on)
+            return self.scorer.evaluate(self.model, on, race)
 
     def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
         """The fine-grained :class:`Policy` for ``sparsities``."""
@@ -272,12 +274,12 @@ class NMBackend(FineGrainedBackend):
         """Ratios and absolute values of nonzero-weight MACs and parameters for the chosen layers."""
         return super().costs(self._effective(sparsities))
 
-    def score(self, sparsities: Sequence[float], on: str = "search") -> float:
+    def score(self, sparsities: Sequence[float], on: str = "search", race: Race | None = None) -> float:
         """Top-1 accuracy (%) with the N:M masks of the chosen layers on the scorer's ``on`` images."""
         chosen = dict(zip(self.layers, map(float, self._effective(sparsities)), strict=True))
         self.masker.step(chosen, nm=self.nm)
         with torch.no_grad():
-            return self.scorer.evaluate(self.model, on)
+            return self.scorer.evaluate(self.model, on, race)
 
     def policy(self, sparsities: Sequence[float], **metrics: float) -> Policy:
         """The N:M :class:`Policy`: the pattern, and ``1 - N/M`` for the chosen layers (0 for the rest)."""

@@ -16,6 +16,7 @@ from amc.loading import load_model_and_data
 from amc.pruning.channel import ChannelPruner
 from amc.pruning.finegrained import parse_nm
 from amc.scoring import (
+    RACE_SLICE,
     Evaluate,
     EvaluatorScorer,
     Scorer,
@@ -61,6 +62,9 @@ class EnvConfig:
         selection_images: Other search-split images on which a search re-scores its best
             candidates before naming the final policy (0: keep the best episode as it is).
         calibration_images: Images for reconstruction statistics.
+        race_slice: Search-split images a racing episode scores between two checks of whether
+            it can still reach the search's finalists (:class:`~amc.scoring.Race`); 0 scores
+            every episode on all ``search_images``.
         latency_batch: Batch size at which latency is measured and budgeted (1: one input
             at a time; small 32x32 models then spend most of it in per-layer overhead, so
             give the batch size the model will be deployed at).
@@ -94,6 +98,7 @@ class EnvConfig:
     search_images: int = ScoringConfig.images
     selection_images: int = 2000
     calibration_images: int = ScoringConfig.calibration_images
+    race_slice: int = RACE_SLICE
     latency_batch: int = 1
     device: str = "cpu"
     threads: int = 0
@@ -108,7 +113,7 @@ class EnvConfig:
             raise ValueError("nm mode budgets flops or params; use --target params=... (no latency model)")
         if not 0.0 < self.max_sparsity < 1.0:
             raise ValueError(f"max_sparsity must be in (0, 1), got {self.max_sparsity}")
-        for key, least in (("round_to", 1), ("search_images", 1), ("selection_images", 0)):
+        for key, least in (("round_to", 1), ("search_images", 1), ("selection_images", 0), ("race_slice", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{key} must be a whole number of at least {least}, got {value!r}")

@@ -6,6 +6,11 @@ clamped by the action wall (when a target is set) and rounded to whole channels.
 action is reported in ``info["applied_action"]`` (same [-1, 1] scale) so that agents learn
 from what was done. The reward arrives at the last unit, with ``info`` holding the policy,
 the accuracy on the search split, the cost ratios, and the applied sparsities and actions.
+
+Racing: while :attr:`PruningEnv.race_bar` holds a reward (a search sets it through
+``VecEnv.set_attr`` to the reward of its worst finalist), an episode's scoring stops as soon
+as its reward can no longer beat it (:class:`~amc.scoring.Race`); ``info["scored_images"]``
+then says how many images it was scored on.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from torch import nn
 
 from amc.backends import ChannelBackend, FineGrainedBackend
 from amc.baselines import TargetError, uniform_policy
-from amc.scoring import Evaluate
+from amc.scoring import Evaluate, Race
 
 
 class PruningEnv(gym.Env):
@@ -44,6 +49,8 @@ class PruningEnv(gym.Env):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    race_bar: float | None = None
+    """The reward an episode must beat to be scored on all its images (``None``: no race)."""
 
     def __init__(
         self,
@@ -141,19 +148,27 @@ class PruningEnv(gym.Env):
             decided.append(wall.clamp(decided, sparsity))
         return decided
 
-    def evaluate(self, sparsities: list[float], on: str = "search") -> dict[str, float]:
+    def evaluate(
+        self, sparsities: list[float], on: str = "search", bar: float | None = None
+    ) -> dict[str, Any]:
         """Accuracy, reward and cost ratios (``flops_ratio``, ...) of a full set of sparsities.
 
         ``on="search"`` scores the images every episode is scored on; ``on="selection"`` the
         search-split images no episode sees, on which the best of many episodes can be
-        re-ranked without the optimism of having been picked on them.
+        re-ranked without the optimism of having been picked on them. With a ``bar`` (a
+        reward) scoring races against it (see the module notes); ``scored_images`` is the
+        number of images scored if the race stopped early, else ``None``.
         """
-        accuracy = self.backend.score(sparsities, on)
         costs = self.backend.costs(sparsities)
+        race = None
+        if bar is not None and self.config.race_slice:
+            race = Race(lambda accuracy: self.reward_fn(accuracy, costs) > bar, self.config.race_slice)
+        accuracy = self.backend.score(sparsities, on, race)
         return {
             "accuracy": accuracy,
             "reward": float(self.reward_fn(accuracy, costs)),
             **{f"{k}_ratio": v for k, v in costs.items() if not k.endswith("_absolute")},
+            "scored_images": None if race is None else race.scored,
         }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -179,7 +194,7 @@ class PruningEnv(gym.Env):
         }
         if len(self._decided) < self.n:
             return self._observe(), 0.0, False, False, info
-        result = self.evaluate(self._decided)
+        result = self.evaluate(self._decided, bar=self.race_bar)
         policy = self.backend.policy(self._decided, accuracy=result["accuracy"], reward=result["reward"])
         info.update(
             **result,

@@ -289,6 +289,15 @@ def add_env_args(
                 "choosing the final policy; 0 keeps the best episode (default: %(default)s)",
             ),
         ),
+        "race_slice": (
+            "--race-slice",
+            dict(
+                type=whole(0),
+                default=env.race_slice,
+                help="race each episode against the finalists: score it this many images at a time and "
+                "stop once it cannot join them; 0 scores every episode in full (default: %(default)s)",
+            ),
+        ),
         "strict": (
             "--strict",
             dict(

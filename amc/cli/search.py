@@ -21,6 +21,7 @@ ENV_OPTIONS = (
     "recalibrate",
     "search_images",
     "selection_images",
+    "race_slice",
     "strict",
 )
 """The search takes every environment option (:func:`search_env_config` reads them)."""
@@ -121,6 +122,7 @@ def search_env_config(args: argparse.Namespace):
         recalibrate=args.recalibrate,
         search_images=args.search_images,
         selection_images=args.selection_images,
+        race_slice=args.race_slice,
         strict=args.strict,
     )
 
@@ -175,8 +177,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         if result["warmup"]
         else ""
     )
+    raced = f", {result['raced']} stopped early by racing" if result["raced"] else ""
     print(
-        f"run: {result['run_dir']}  ({result['agent']}, {result['episodes']} episodes{split}, "
+        f"run: {result['run_dir']}  ({result['agent']}, {result['episodes']} episodes{split}{raced}, "
         f"{result['seconds'] / 60:.1f} min)"
     )
     selection = (
