@@ -324,7 +324,7 @@ class SearchCallback(BaseCallback):
             if done and "accuracy" in info:
                 scalars = {"noise_sigma": self.noise.sigma} if self.noise is not None else None
                 self.recorder.record(info, scalars)
-        self.recorder.update_race(self.training_env)
+                self.recorder.update_race(self.training_env)
         return True
 
     def _save_agent(self, run: Path) -> list[str]:
