@@ -28,6 +28,7 @@ class RunRecord:
         name: Run folder name.
         model: Model name.
         agent: Searcher name.
+        raced: Whether its episodes were raced (``race_slice`` > 0 in the run's config).
         seed: Seed.
         episodes: Episodes run.
         best: Held-out top-1 (%) of the final policy.
@@ -40,6 +41,7 @@ class RunRecord:
     name: str
     model: str
     agent: str
+    raced: bool
     seed: int
     episodes: int
     best: float
@@ -47,6 +49,11 @@ class RunRecord:
     minutes: float
     label: str
     best_so_far: np.ndarray
+
+    @property
+    def searcher(self) -> str:
+        """The searcher as tables group runs: the agent, marked ``(raced)`` when it raced."""
+        return f"{self.agent} (raced)" if self.raced else self.agent
 
 
 def load_run(run_dir: str | Path) -> RunRecord:
@@ -66,6 +73,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         name=run.name,
         model=config.get("env", {}).get("model", "?"),
         agent=config.get("agent", "?"),
+        raced=int(config.get("env", {}).get("race_slice", 0)) > 0,
         seed=int(config.get("seed", 0)),
         episodes=int(state["episodes"]),
         best=float(table["best"]["top1"]),
@@ -97,7 +105,8 @@ def episodes_to_reach(best_so_far: np.ndarray, level: float) -> int | None:
 def searcher_table(records: list[RunRecord], reference: str = "random") -> str:
     """Markdown table: per model and searcher, held-out accuracy per seed and against ``reference``.
 
-    Runs are paired with the reference searcher's run of the same model and seed. ``reach`` is
+    Runs are grouped by searcher (raced runs apart) and paired with the reference searcher's
+    run of the same model and seed (raced like them, if there is one). ``reach`` is
     the median number of episodes a searcher needed to match the reference's final best search
     accuracy (``-`` when it never did on some seed).
     """
@@ -106,16 +115,19 @@ def searcher_table(records: list[RunRecord], reference: str = "random") -> str:
         f"| wins | episodes to reach {reference}'s best |",
         "|---|---|---:|---|---:|---:|---:|---:|",
     ]
-    refs = {(r.model, r.seed): r for r in records if r.agent == reference}
+    refs = {(r.model, r.seed, r.raced): r for r in records if r.agent == reference}
     for model in sorted({r.model for r in records}):
-        for agent in sorted(
-            {r.agent for r in records if r.model == model}, key=lambda a: (a != reference, a)
+        for searcher in sorted(
+            {r.searcher for r in records if r.model == model},
+            key=lambda a: (not a.startswith(reference), a),
         ):
-            runs = sorted((r for r in records if r.model == model and r.agent == agent), key=lambda r: r.seed)
+            runs = sorted(
+                (r for r in records if r.model == model and r.searcher == searcher), key=lambda r: r.seed
+            )
             seeds = ", ".join(f"{r.best:.2f} (s{r.seed})" for r in runs)
-            paired = [(r, refs[(model, r.seed)]) for r in runs if (model, r.seed) in refs]
+            paired = [(r, ref) for r in runs if (ref := _reference(refs, r))]
             gain = wins = reach = "-"
-            if paired and agent != reference:
+            if paired and runs[0].agent != reference:
                 gains = [r.best - ref.best for r, ref in paired]
                 gain = f"{statistics.mean(gains):+.2f}"
                 wins = f"{sum(g > 0 for g in gains)}/{len(gains)}"
@@ -123,7 +135,12 @@ def searcher_table(records: list[RunRecord], reference: str = "random") -> str:
                 if all(n is not None for n in needed):
                     reach = f"{statistics.median(needed):g} of {runs[0].episodes}"
             lines.append(
-                f"| {model} | {agent} | {runs[0].episodes} | {seeds} | {mean_std([r.best for r in runs])} "
+                f"| {model} | {searcher} | {runs[0].episodes} | {seeds} | {mean_std([r.best for r in runs])} "
                 f"| {gain} | {wins} | {reach} |"
             )
     return "\n".join(lines)
+
+
+def _reference(refs: dict[tuple[str, int, bool], RunRecord], run: RunRecord) -> RunRecord | None:
+    """The reference run of ``run``'s model and seed, raced like it if there is one."""
+    return refs.get((run.model, run.seed, run.raced)) or refs.get((run.model, run.seed, not run.raced))

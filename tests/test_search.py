@@ -540,7 +540,7 @@ def test_target_parsing():
 
 
 def fake_run(
-    path: Path, agent: str, seed: int, best: float, accuracies: list[float], source="episode"
+    path: Path, agent: str, seed: int, best: float, accuracies: list[float], source="episode", race_slice=0
 ) -> Path:
     """A finished run folder with the files ``amc summarize`` reads."""
     path.mkdir(parents=True)
@@ -553,7 +553,7 @@ def fake_run(
     (path / "state.json").write_text(json.dumps({"episodes": len(accuracies), "elapsed": 480.0}))
     (path / "best_policy.json").write_text(json.dumps({"metrics": {"source": source, "episode": 7}}))
     (path / "config.yaml").write_text(
-        yaml.safe_dump({"env": {"model": "resnet20"}, "agent": agent, "seed": seed})
+        yaml.safe_dump({"env": {"model": "resnet20", "race_slice": race_slice}, "agent": agent, "seed": seed})
     )
     with (path / "episodes.csv").open("w") as f:
         f.write("episode,accuracy\n" + "".join(f"{k + 1},{a}\n" for k, a in enumerate(accuracies)))
@@ -593,6 +593,21 @@ def test_summarize_compares_searchers_seed_by_seed_against_random(tmp_path, caps
     assert (
         cem_row == "| resnet20 | cem | 4 | 76.50 (s0), 75.50 (s1) | 76.00 ± 0.71 | +1.00 | 1/2 | 2.5 of 4 |"
     )
+
+
+def test_summarize_keeps_raced_runs_apart_and_pairs_them_with_random(tmp_path, capsys):
+    runs = [
+        fake_run(tmp_path / "r0", "random", 0, 74.0, [50.0, 60.0]),
+        fake_run(tmp_path / "d0", "ddpg", 0, 77.0, [50.0, 60.0]),
+        fake_run(tmp_path / "d0r", "ddpg", 0, 76.0, [50.0, 61.0], race_slice=200),
+    ]
+    assert main(["summarize", *map(str, runs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("d0r: ddpg (raced), best 76.00 %")
+    rows = out[-3:]
+    assert rows[0].startswith("| resnet20 | random | 2 | 74.00 (s0) |")
+    assert rows[1] == "| resnet20 | ddpg | 2 | 77.00 (s0) | 77.00 ± 0.00 | +3.00 | 1/1 | 2 of 2 |"
+    assert rows[2] == "| resnet20 | ddpg (raced) | 2 | 76.00 (s0) | 76.00 ± 0.00 | +2.00 | 1/1 | 2 of 2 |"
 
 
 def test_summarize_refuses_an_unfinished_run(tmp_path, capsys):

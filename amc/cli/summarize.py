@@ -24,7 +24,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     records = [load_run(run) for run in args.runs]
     for r in records:
         print(
-            f"{r.name}: {r.agent}, best {r.best:.2f} % ({r.label}), uniform {r.uniform:.2f} %, "
+            f"{r.name}: {r.searcher}, best {r.best:.2f} % ({r.label}), uniform {r.uniform:.2f} %, "
             f"gain {r.best - r.uniform:+.2f}, {r.episodes} episodes, {r.minutes:.1f} min"
         )
     print(
@@ -33,6 +33,6 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         f"gain {mean_std([r.best - r.uniform for r in records])} points, "
         f"{mean_std([r.minutes for r in records])} min per run"
     )
-    if len({r.agent for r in records}) > 1:
+    if len({r.searcher for r in records}) > 1:
         print(searcher_table(records))
     return 0
